@@ -1,0 +1,84 @@
+"""Fixtures shared by every test tier.
+
+The session's local cluster comes from `mlplatform local`:
+- MLPLATFORM_TEST_CLUSTER=reuse  test against the running cluster in $MLPLATFORM_STATE_DIR (or the default
+                                 state directory) and leave it running;
+- otherwise (the default)        bring a cluster up in a temporary state directory and take it down after.
+MLPLATFORM_TEST_PORT_OFFSET moves the ports of an own cluster; MLPLATFORM_TEST_NO_NODE=1 leaves the node out.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client, config
+
+from mlplatform.local import cluster
+from mlplatform.local.config import LocalConfig, Ports, StateLayout, default_cache_dir, default_state_dir, load_config
+from mlplatform.local.platform import is_root
+
+
+def _own_cluster_config(state_dir: Path) -> LocalConfig:
+    offset = int(os.environ.get("MLPLATFORM_TEST_PORT_OFFSET", "0"))
+    node = is_root() and os.environ.get("MLPLATFORM_TEST_NO_NODE") != "1"
+    return LocalConfig(state_dir=state_dir, cache_dir=default_cache_dir(), node=node,
+                       ports=Ports().shifted(offset))
+
+
+@pytest.fixture(scope="session")
+def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalConfig]:
+    """A running local cluster for the whole test session."""
+    if os.environ.get("MLPLATFORM_TEST_CLUSTER") == "reuse":
+        saved = load_config(default_state_dir())
+        if saved is None or any(s.pid is None for s in cluster.status(saved)):
+            pytest.fail(f"MLPLATFORM_TEST_CLUSTER=reuse, but no complete cluster runs in {default_state_dir()}")
+        yield saved
+        return
+    config = cluster.up(_own_cluster_config(tmp_path_factory.mktemp("local-cluster")))
+    try:
+        yield config
+    finally:
+        cluster.down(config)
+
+
+@pytest.fixture(scope="session")
+def kubeconfig(local_cluster: LocalConfig) -> Path:
+    return StateLayout(local_cluster.state_dir).admin_kubeconfig
+
+
+@pytest.fixture(scope="session")
+def kubectl_bin(local_cluster: LocalConfig) -> Path:
+    return StateLayout(local_cluster.state_dir).bin / "kubectl"
+
+
+@pytest.fixture(scope="session")
+def api_client(kubeconfig: Path) -> client.ApiClient:
+    """A Kubernetes client configured from the cluster's admin kubeconfig."""
+    return config.new_client_from_config(config_file=str(kubeconfig))
+
+
+@pytest.fixture
+def namespace(api_client: client.ApiClient) -> Iterator[str]:
+    """A fresh namespace for one test, deleted after it."""
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    core = client.CoreV1Api(api_client)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    try:
+        yield name
+    finally:
+        core.delete_namespace(name)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """In CI (MLPLATFORM_FAIL_ON_SKIP=1) a skipped test fails the run: a tier must not vanish silently."""
+    if os.environ.get("MLPLATFORM_FAIL_ON_SKIP") != "1":
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter else []
+    if skipped and exitstatus == 0:
+        reporter.write_line(f"MLPLATFORM_FAIL_ON_SKIP: {len(skipped)} test(s) skipped; failing the run", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
