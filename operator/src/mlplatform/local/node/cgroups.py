@@ -1,0 +1,121 @@
+"""Control groups for containers: resource limits, OOM detection, and killing whatever a container left.
+
+Works on the hybrid (v1) layout, with memory, cpu and pids controllers mounted separately, and on the
+unified (v2) layout. Standard library only, for the shim.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+CGROUP_FS = Path("/sys/fs/cgroup")
+CFS_PERIOD_US = 100_000
+
+
+@dataclass(frozen=True)
+class Limits:
+    memory_bytes: int | None = None
+    cpu_millicores: int | None = None
+    pids: int | None = None
+
+
+def unified() -> bool:
+    return (CGROUP_FS / "cgroup.controllers").exists()
+
+
+def directories(path: str) -> list[Path]:
+    """The folders of the cgroup `path` (relative, e.g. mlplatform/<pod>/<container>) in every hierarchy."""
+    if unified():
+        return [CGROUP_FS / path]
+    return [CGROUP_FS / controller / path for controller in ("memory", "cpu", "pids")
+            if (CGROUP_FS / controller).is_dir()]
+
+
+def _write(path: Path, value: str) -> None:
+    with contextlib.suppress(OSError):  # a controller this kernel lacks is a limit we cannot apply
+        path.write_text(value)
+
+
+def _enable_v2_controllers(path: str) -> None:
+    parts = Path(path).parts
+    for depth in range(len(parts)):
+        parent = CGROUP_FS.joinpath(*parts[:depth])
+        _write(parent / "cgroup.subtree_control", "+memory +cpu +pids")
+
+
+def create(path: str, limits: Limits) -> list[Path]:
+    if unified():
+        _enable_v2_controllers(path)
+    folders = directories(path)
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+    if unified():
+        folder = folders[0]
+        if limits.memory_bytes:
+            _write(folder / "memory.max", str(limits.memory_bytes))
+            _write(folder / "memory.swap.max", "0")
+        if limits.cpu_millicores:
+            _write(folder / "cpu.max", f"{max(1000, limits.cpu_millicores * CFS_PERIOD_US // 1000)} {CFS_PERIOD_US}")
+        if limits.pids:
+            _write(folder / "pids.max", str(limits.pids))
+        return folders
+    for folder in folders:
+        controller = folder.relative_to(CGROUP_FS).parts[0]
+        if controller == "memory" and limits.memory_bytes:
+            _write(folder / "memory.limit_in_bytes", str(limits.memory_bytes))
+            _write(folder / "memory.memsw.limit_in_bytes", str(limits.memory_bytes))
+        if controller == "cpu" and limits.cpu_millicores:
+            _write(folder / "cpu.cfs_period_us", str(CFS_PERIOD_US))
+            _write(folder / "cpu.cfs_quota_us", str(max(1000, limits.cpu_millicores * CFS_PERIOD_US // 1000)))
+        if controller == "pids" and limits.pids:
+            _write(folder / "pids.max", str(limits.pids))
+    return folders
+
+
+def join(path: str, pid: int = 0) -> None:
+    """Move `pid` (0: the caller) into the cgroup in every hierarchy."""
+    for folder in directories(path):
+        (folder / "cgroup.procs").write_text(str(pid or os.getpid()))
+
+
+def pids(path: str) -> set[int]:
+    found: set[int] = set()
+    for folder in directories(path):
+        for procs in [folder / "cgroup.procs", *folder.rglob("cgroup.procs")]:
+            with contextlib.suppress(OSError, ValueError):
+                found.update(int(line) for line in procs.read_text().split())
+    return found
+
+
+def oom_killed(path: str) -> bool:
+    """Whether the kernel's OOM killer killed a process in this cgroup."""
+    for folder in directories(path):
+        for name in ("memory.events", "memory.oom_control"):
+            with contextlib.suppress(OSError):
+                for line in (folder / name).read_text().splitlines():
+                    key, _, value = line.partition(" ")
+                    if key == "oom_kill" and int(value) > 0:
+                        return True
+    return False
+
+
+def kill_all(path: str) -> None:
+    for pid in pids(path):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def remove(path: str) -> None:
+    """Remove the cgroup and every cgroup under it (they must hold no process)."""
+    for folder in directories(path):
+        if not folder.exists():
+            continue
+        for child in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                child.rmdir()
+        with contextlib.suppress(OSError):
+            folder.rmdir()

@@ -1,0 +1,97 @@
+"""Where the node keeps its state: one folder per pod, one per container attempt, and the IP leases."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+CGROUP_ROOT = "mlplatform"
+
+
+@dataclass(frozen=True)
+class NodeLayout:
+    root: Path
+
+    @property
+    def pods(self) -> Path:
+        return self.root / "pods"
+
+    @property
+    def ip_leases(self) -> Path:
+        return self.root / "ip-leases"
+
+    @property
+    def agent_config(self) -> Path:
+        return self.root / "agent.json"
+
+    def pod(self, uid: str) -> PodLayout:
+        return PodLayout(self.pods / uid)
+
+
+@dataclass(frozen=True)
+class PodLayout:
+    root: Path
+
+    @property
+    def uid(self) -> str:
+        return self.root.name
+
+    @property
+    def pod_file(self) -> Path:
+        """The last pod object the node acted on: what an agent restart re-adopts from."""
+        return self.root / "pod.json"
+
+    @property
+    def sandbox_file(self) -> Path:
+        return self.root / "sandbox.json"
+
+    @property
+    def rootfs(self) -> Path:
+        return self.root / "rootfs"
+
+    @property
+    def upper(self) -> Path:
+        """Mount point of the tmpfs that holds the pod's private writes over the host's directories."""
+        return self.root / "upper"
+
+    @property
+    def volumes(self) -> Path:
+        return self.root / "volumes"
+
+    def volume(self, name: str) -> Path:
+        return self.volumes / name
+
+    @property
+    def etc(self) -> Path:
+        """The pod's own hosts, resolv.conf and hostname files."""
+        return self.root / "etc"
+
+    @property
+    def tmp(self) -> Path:
+        return self.root / "tmp"
+
+    def container(self, name: str, attempt: int) -> ContainerLayout:
+        return ContainerLayout(self.root / "containers" / name / str(attempt))
+
+    def containers_of(self, name: str) -> Path:
+        return self.root / "containers" / name
+
+    def log(self, name: str, attempt: int) -> Path:
+        return self.root / "logs" / name / f"{attempt}.log"
+
+
+@dataclass(frozen=True)
+class ContainerLayout:
+    root: Path
+
+    @property
+    def spec_file(self) -> Path:
+        return self.root / "spec.json"
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / "state.json"
+
+    @property
+    def exit_file(self) -> Path:
+        return self.root / "exit.json"

@@ -1,0 +1,260 @@
+"""The container shim: one process per container attempt, the parent of the container's process.
+
+It joins the pod sandbox's namespaces, gives the container its own mount namespace with its volume
+mounts, applies its cgroup limits and identity, writes its output to the log file in the CRI format,
+and records how it ended (exit code, signal, OOM kill) in `exit.json`. Because the shim, not the node
+agent, waits for the container, an agent restart loses nothing. Standard library only.
+
+Run as: python -m mlplatform.local.node.shim SPEC_FILE
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from mlplatform.local.node import cgroups, linux
+from mlplatform.local.node.logs import format_line, timestamp
+from mlplatform.local.node.sandbox import VOLUMES_IN_POD
+
+MAX_LINE = 16 * 1024
+EXIT_START_ERROR = 128
+DRAIN_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class Mount:
+    source: str  # a path in the pod's view (volumes are under VOLUMES_IN_POD)
+    target: str
+    readonly: bool = False
+
+
+@dataclass(frozen=True)
+class Identity:
+    uid: int | None = None
+    gid: int | None = None
+    groups: list[int] = field(default_factory=list)
+    no_new_privs: bool = False
+    drop_capabilities: bool = False
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    working_dir: str
+    sandbox_pid: int
+    mounts: list[Mount]
+    identity: Identity
+    cgroup: str
+    memory_bytes: int | None
+    cpu_millicores: int | None
+    log_file: str
+    state_file: str
+    exit_file: str
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> ContainerSpec:
+        data = json.loads(text)
+        data["mounts"] = [Mount(**m) for m in data["mounts"]]
+        data["identity"] = Identity(**data["identity"])
+        return cls(**data)
+
+
+def _namespace_fds(pid: int) -> list[tuple[int, int]]:
+    kinds = (("net", linux.CLONE_NEWNET), ("uts", linux.CLONE_NEWUTS), ("mnt", linux.CLONE_NEWNS))
+    return [(os.open(f"/proc/{pid}/ns/{name}", os.O_RDONLY), kind) for name, kind in kinds]
+
+
+def _drop_capabilities() -> None:
+    for capability in range(64):
+        with contextlib.suppress(OSError):
+            linux.prctl(linux.PR_CAPBSET_DROP, capability)
+
+
+def _enter(spec: ContainerSpec, namespaces: list[tuple[int, int]], error_fd: int) -> None:
+    """Runs in the forked child before exec: cgroup, namespaces, mounts, working dir, identity."""
+    try:
+        cgroups.join(spec.cgroup)
+        for fd, kind in namespaces:
+            linux.setns(fd, kind)
+        linux.unshare(linux.CLONE_NEWNS)  # the container's own mounts, on top of the pod's root
+        linux.make_private("/")
+        for mount in spec.mounts:
+            _mount(mount)
+        with contextlib.suppress(OSError):
+            linux.umount(VOLUMES_IN_POD)  # a container sees only the volumes it mounts
+        os.makedirs(spec.working_dir, exist_ok=True)
+        os.chdir(spec.working_dir)
+        identity = spec.identity
+        if identity.drop_capabilities:
+            _drop_capabilities()
+        if identity.gid is not None or identity.uid is not None:
+            os.setgroups(identity.groups)
+        if identity.gid is not None:
+            os.setgid(identity.gid)
+        if identity.uid is not None:
+            os.setuid(identity.uid)
+        if identity.no_new_privs:
+            linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
+    except OSError as exc:
+        os.write(error_fd, str(exc).encode())
+        raise
+
+
+def _mount(mount: Mount) -> None:
+    source_is_dir = os.path.isdir(mount.source)
+    if source_is_dir:
+        os.makedirs(mount.target, exist_ok=True)
+    else:
+        os.makedirs(os.path.dirname(mount.target), exist_ok=True)
+        if not os.path.lexists(mount.target):
+            with open(mount.target, "a"):
+                pass
+    linux.bind(mount.source, mount.target, readonly=mount.readonly, recursive=True)
+
+
+class LogWriter:
+    """Splits a stream into CRI log lines; a line longer than MAX_LINE is written in partial pieces."""
+
+    def __init__(self, out: Path) -> None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = out.open("ab", buffering=0)
+        self.pending: dict[str, bytes] = {"stdout": b"", "stderr": b""}
+
+    def feed(self, stream: str, data: bytes) -> None:
+        buffer = self.pending[stream] + data
+        *lines, rest = buffer.split(b"\n")
+        for line in lines:
+            self.handle.write(format_line(stream, line))
+        while len(rest) > MAX_LINE:
+            self.handle.write(format_line(stream, rest[:MAX_LINE], partial=True))
+            rest = rest[MAX_LINE:]
+        self.pending[stream] = rest
+
+    def close(self) -> None:
+        for stream, rest in self.pending.items():
+            if rest:
+                self.handle.write(format_line(stream, rest))
+        self.handle.close()
+
+
+def _write_json(path: str, data: dict[str, object]) -> None:
+    staged = f"{path}.tmp"
+    Path(staged).write_text(json.dumps(data))
+    os.replace(staged, path)
+
+
+def _reap_orphans() -> None:
+    """As a subreaper the shim inherits the container's orphans; collect them so none stays a zombie."""
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+
+
+def _pump(child: subprocess.Popen[bytes], writer: LogWriter, cgroup: str) -> int:
+    """Copy the child's output to the log until it exits and its pipes drain; return its wait status."""
+    assert child.stdout is not None and child.stderr is not None
+    selector = selectors.DefaultSelector()
+    selector.register(child.stdout, selectors.EVENT_READ, "stdout")
+    selector.register(child.stderr, selectors.EVENT_READ, "stderr")
+    pidfd = os.pidfd_open(child.pid)
+    selector.register(pidfd, selectors.EVENT_READ, "exit")
+    drain_until: float | None = None
+    while selector.get_map():
+        timeout = None if drain_until is None else drain_until - time.monotonic()
+        if timeout is not None and timeout <= 0:
+            break
+        for key, _ in selector.select(timeout):
+            if key.data == "exit":
+                selector.unregister(pidfd)
+                os.close(pidfd)
+                child.wait()
+                cgroups.kill_all(cgroup)  # like a runtime: when the main process ends, the container ends
+                drain_until = time.monotonic() + DRAIN_SECONDS
+                continue
+            data = os.read(key.fd, 65536)
+            if data:
+                writer.feed(key.data, data)
+            else:
+                selector.unregister(key.fileobj)
+    return child.wait()
+
+
+def run(spec: ContainerSpec) -> dict[str, object]:
+    """Start the container, wait for it, and describe how it ended."""
+    linux.prctl(linux.PR_SET_CHILD_SUBREAPER, 1)
+    cgroups.create(spec.cgroup, cgroups.Limits(spec.memory_bytes, spec.cpu_millicores))
+    writer = LogWriter(Path(spec.log_file))
+    error_read, error_write = os.pipe()
+    namespaces = _namespace_fds(spec.sandbox_pid)
+    started_at = timestamp()
+    try:
+        child = subprocess.Popen(
+            spec.argv, env=spec.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            preexec_fn=lambda: _enter(spec, namespaces, error_write), start_new_session=True,  # noqa: PLW1509
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        os.close(error_write)
+        detail = os.read(error_read, 4096).decode(errors="replace") or str(exc)
+        writer.feed("stderr", f"failed to start container {spec.name!r}: {detail}\n".encode())
+        writer.close()
+        return {"exitCode": EXIT_START_ERROR, "reason": "StartError", "message": detail,
+                "startedAt": started_at, "finishedAt": timestamp()}
+    finally:
+        for fd, _ in namespaces:
+            os.close(fd)
+    os.close(error_write)
+    _write_json(spec.state_file, {"pid": child.pid, "shimPid": os.getpid(), "startedAt": started_at})
+    status = _pump(child, writer, spec.cgroup)
+    _reap_orphans()
+    writer.close()
+    return _outcome(status, spec.cgroup, started_at)
+
+
+def _outcome(status: int, cgroup: str, started_at: str) -> dict[str, object]:
+    signal_number = -status if status < 0 else 0
+    exit_code = 128 + signal_number if signal_number else status
+    if cgroups.oom_killed(cgroup):
+        reason = "OOMKilled"
+    else:
+        reason = "Completed" if exit_code == 0 else "Error"
+    result: dict[str, object] = {"exitCode": exit_code, "reason": reason, "startedAt": started_at,
+                                 "finishedAt": timestamp()}
+    if signal_number:
+        result["signal"] = signal_number
+    return result
+
+
+def main(spec_path: str) -> None:
+    spec = ContainerSpec.from_json(Path(spec_path).read_text())
+    # The node agent stops a container by signalling the container itself; the shim must outlive it.
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    try:
+        outcome = run(spec)
+    except Exception as exc:  # noqa: BLE001 - whatever happens, the agent must learn how the container ended
+        outcome = {"exitCode": EXIT_START_ERROR, "reason": "StartError", "message": f"shim: {exc}",
+                   "startedAt": timestamp(), "finishedAt": timestamp()}
+    _write_json(spec.exit_file, outcome)
+    with contextlib.suppress(OSError):
+        cgroups.kill_all(spec.cgroup)
+        time.sleep(0.05)
+        cgroups.remove(spec.cgroup)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,207 @@
+"""Volume contents (pure) and the kubelet's atomic writer for them.
+
+configMap, secret, downwardAPI and projected volumes are rendered to a list of files; the writer puts
+them in place the way the kubelet does — a timestamped folder, a `..data` link switched atomically, and
+a link per top-level name — so a process reading the volume never sees half of an update.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from mlplatform.local.node.environment import ContainerConfigError, Manifest, field_value, resource_value
+
+DEFAULT_MODE = 0o644
+DATA_LINK = "..data"
+
+
+class VolumeError(Exception):
+    """A volume cannot be set up yet (a missing ConfigMap, say): the pod waits in ContainerCreating."""
+
+
+@dataclass(frozen=True)
+class VolumeFile:
+    path: str
+    content: bytes
+    mode: int = DEFAULT_MODE
+
+
+@dataclass(frozen=True)
+class VolumeLookups:
+    """Objects the pod's volumes refer to, fetched by the caller; None marks one that does not exist."""
+
+    config_maps: Mapping[str, Mapping[str, bytes] | None] = field(default_factory=dict)
+    secrets: Mapping[str, Mapping[str, bytes] | None] = field(default_factory=dict)
+    tokens: Mapping[str, str] = field(default_factory=dict)  # service-account token per audience ("" = default)
+    node_allocatable: Mapping[str, str] = field(default_factory=dict)
+
+
+def _safe_path(path: str) -> str:
+    pure = PurePosixPath(path)
+    if pure.is_absolute() or ".." in pure.parts or not pure.parts or path.startswith(".."):
+        raise VolumeError(f"invalid volume item path {path!r}")
+    return str(pure)
+
+
+def _key_files(kind: str, name: str, data: Mapping[str, bytes] | None, source: Manifest,
+               default_mode: int) -> list[VolumeFile]:
+    if data is None:
+        if source.get("optional"):
+            return []
+        raise VolumeError(f'{kind} "{name}" not found')
+    items = source.get("items")
+    if not items:
+        return [VolumeFile(key, value, default_mode) for key, value in sorted(data.items())]
+    files = []
+    for item in items:
+        if item["key"] not in data:
+            if source.get("optional"):
+                continue
+            raise VolumeError(f'{kind} "{name}" has no key {item["key"]!r}')
+        files.append(VolumeFile(_safe_path(item["path"]), data[item["key"]], item.get("mode", default_mode)))
+    return files
+
+
+def _downward_files(pod: Manifest, items: Sequence[Manifest], default_mode: int,
+                    allocatable: Mapping[str, str]) -> list[VolumeFile]:
+    files = []
+    containers = {c["name"]: c for c in pod["spec"].get("containers", [])}
+    for item in items:
+        try:
+            if "fieldRef" in item:
+                value = field_value(pod, item["fieldRef"]["fieldPath"])
+            else:
+                ref = item["resourceFieldRef"]
+                value = resource_value(containers.get(ref.get("containerName", ""), {}), ref["resource"],
+                                       ref.get("divisor"), allocatable)
+        except ContainerConfigError as exc:
+            raise VolumeError(str(exc)) from exc
+        files.append(VolumeFile(_safe_path(item["path"]), value.encode(), item.get("mode", default_mode)))
+    return files
+
+
+def _projected_files(pod: Manifest, projected: Manifest, lookups: VolumeLookups) -> list[VolumeFile]:
+    mode = projected.get("defaultMode", DEFAULT_MODE)
+    files: list[VolumeFile] = []
+    for source in projected.get("sources") or []:
+        if token := source.get("serviceAccountToken"):
+            audience = token.get("audience", "")
+            if audience not in lookups.tokens:
+                raise VolumeError(f"no service-account token for audience {audience!r} yet")
+            files.append(VolumeFile(_safe_path(token["path"]), lookups.tokens[audience].encode(), mode))
+        elif config_map := source.get("configMap"):
+            name = config_map["name"]
+            files += _key_files("configmap", name, lookups.config_maps.get(name), config_map, mode)
+        elif secret := source.get("secret"):
+            name = secret["name"]
+            files += _key_files("secret", name, lookups.secrets.get(name), secret, mode)
+        elif downward := source.get("downwardAPI"):
+            files += _downward_files(pod, downward.get("items") or [], mode, lookups.node_allocatable)
+        else:
+            raise VolumeError(f"unsupported projected source {sorted(source)}")
+    return files
+
+
+def rendered_files(volume: Manifest, pod: Manifest, lookups: VolumeLookups) -> list[VolumeFile] | None:
+    """The files of a volume rendered from API objects, or None for a volume that is a plain folder."""
+    if config_map := volume.get("configMap"):
+        name = config_map["name"]
+        return _key_files("configmap", name, lookups.config_maps.get(name), config_map,
+                          config_map.get("defaultMode", DEFAULT_MODE))
+    if secret := volume.get("secret"):
+        name = secret["secretName"]
+        return _key_files("secret", name, lookups.secrets.get(name), secret, secret.get("defaultMode", DEFAULT_MODE))
+    if downward := volume.get("downwardAPI"):
+        return _downward_files(pod, downward.get("items") or [], downward.get("defaultMode", DEFAULT_MODE),
+                               lookups.node_allocatable)
+    if projected := volume.get("projected"):
+        return _projected_files(pod, projected, lookups)
+    if "emptyDir" in volume or "hostPath" in volume:
+        return None
+    kinds = sorted(k for k in volume if k != "name")
+    raise VolumeError(f"volume {volume['name']!r}: the local node does not support {', '.join(kinds)} volumes")
+
+
+def referenced_objects(pod: Manifest) -> tuple[set[str], set[str]]:
+    """Names of the ConfigMaps and Secrets a pod's volumes, env and envFrom refer to."""
+    config_maps: set[str] = set()
+    secrets: set[str] = set()
+    for volume in pod["spec"].get("volumes") or []:
+        if "configMap" in volume:
+            config_maps.add(volume["configMap"]["name"])
+        if "secret" in volume:
+            secrets.add(volume["secret"]["secretName"])
+        for source in (volume.get("projected") or {}).get("sources") or []:
+            if "configMap" in source:
+                config_maps.add(source["configMap"]["name"])
+            if "secret" in source:
+                secrets.add(source["secret"]["name"])
+    spec = pod["spec"]
+    for container in [*(spec.get("initContainers") or []), *spec.get("containers", [])]:
+        for source in container.get("envFrom") or []:
+            if "configMapRef" in source:
+                config_maps.add(source["configMapRef"]["name"])
+            if "secretRef" in source:
+                secrets.add(source["secretRef"]["name"])
+        for variable in container.get("env") or []:
+            ref = variable.get("valueFrom") or {}
+            if "configMapKeyRef" in ref:
+                config_maps.add(ref["configMapKeyRef"]["name"])
+            if "secretKeyRef" in ref:
+                secrets.add(ref["secretKeyRef"]["name"])
+    return config_maps, secrets
+
+
+def token_audiences(pod: Manifest) -> set[str]:
+    audiences = set()
+    for volume in pod["spec"].get("volumes") or []:
+        for source in (volume.get("projected") or {}).get("sources") or []:
+            if "serviceAccountToken" in source:
+                audiences.add(source["serviceAccountToken"].get("audience", ""))
+    return audiences
+
+
+def write_atomically(target: Path, files: Sequence[VolumeFile], gid: int | None = None) -> bool:
+    """Make `target` hold exactly `files`; return whether anything changed."""
+    target.mkdir(parents=True, exist_ok=True)
+    current = target / DATA_LINK
+    if current.is_symlink() and _same_contents(current, files):
+        return False
+    payload = target / f"..{time.strftime('%Y_%m_%d_%H_%M_%S')}.{time.monotonic_ns()}"
+    for file in files:
+        path = payload / file.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(file.content)
+        path.chmod(file.mode)
+        if gid is not None:
+            os.chown(path, -1, gid)
+    payload.mkdir(exist_ok=True)
+    staged = target / "..data_tmp"
+    staged.unlink(missing_ok=True)
+    staged.symlink_to(payload.name)
+    staged.rename(current)  # the atomic switch
+    top_level = {PurePosixPath(f.path).parts[0] for f in files}
+    for name in top_level:
+        link = target / name
+        if not link.is_symlink():
+            link.symlink_to(f"{DATA_LINK}/{name}")
+    for entry in target.iterdir():
+        if entry.name.startswith(".."):
+            if entry.name not in (DATA_LINK, payload.name):
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        elif entry.name not in top_level:
+            entry.unlink()
+    return True
+
+
+def _same_contents(data_dir: Path, files: Sequence[VolumeFile]) -> bool:
+    existing = {str(p.relative_to(data_dir)): p for p in data_dir.rglob("*") if p.is_file()}
+    if set(existing) != {f.path for f in files}:
+        return False
+    return all(existing[f.path].read_bytes() == f.content and existing[f.path].stat().st_mode & 0o7777 == f.mode
+               for f in files)
