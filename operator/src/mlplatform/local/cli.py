@@ -10,6 +10,7 @@ import click
 from mlplatform.local import cluster
 from mlplatform.local.config import LocalConfig, Ports, default_cache_dir, default_state_dir, load_config
 from mlplatform.local.errors import LocalError
+from mlplatform.local.stack import endpoints
 
 state_dir_option = click.option(
     "--state-dir",
@@ -43,19 +44,22 @@ def local() -> None:
 @state_dir_option
 @click.option("--no-node", is_flag=True, help="Start the control plane alone, on 127.0.0.1 (no root needed).")
 @click.option(
+    "--no-stack", is_flag=True, help="Leave out the MLflow stack (PostgreSQL, MinIO, MLflow tracking server)."
+)
+@click.option(
     "--port-offset",
     type=click.IntRange(0, 40000),
     default=0,
     show_default=True,
     help="Move every port of the platform by this many, to run beside something that uses them.",
 )
-def up(state_dir: Path | None, no_node: bool, port_offset: int) -> None:
+def up(state_dir: Path | None, no_node: bool, no_stack: bool, port_offset: int) -> None:
     """Start the local cluster (idempotent: a running cluster is reported, a partial one completed)."""
     config = LocalConfig(
         state_dir=_state_dir(state_dir),
         cache_dir=default_cache_dir(),
         node=not no_node,
-        stack=False,
+        stack=not no_stack,
         ports=Ports().shifted(port_offset),
     )
     config = cluster.up(config, log=_progress)
@@ -82,6 +86,8 @@ def down(state_dir: Path | None, keep_state: bool) -> None:
 def _print_status(config: LocalConfig) -> None:
     click.echo(f"cluster    {config.state_dir}")
     click.echo(f"apiserver  {config.apiserver_url}")
+    if config.stack:
+        click.echo(f"mlflow     {endpoints(config).tracking_uri}")
     for service in cluster.status(config):
         state = f"running (pid {service.pid})" if service.pid else "stopped"
         click.echo(f"  {service.name:<26} {state}")

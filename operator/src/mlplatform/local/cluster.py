@@ -14,6 +14,7 @@ from mlplatform.local.gobuild import BINARIES, cached_binary, ensure_binaries
 from mlplatform.local.network import HostNetwork
 from mlplatform.local.platform import Context, Log, Part, Service, check_port_free, is_root, services_of
 from mlplatform.local.processes import ProcessTable, wait_for
+from mlplatform.local.stack import MlflowStack, endpoints
 
 
 def platform_parts(config: LocalConfig) -> list[Part]:
@@ -22,6 +23,8 @@ def platform_parts(config: LocalConfig) -> list[Part]:
     if config.node:
         parts.append(HostNetwork())
     parts.append(ControlPlane())
+    if config.stack:
+        parts.append(MlflowStack())
     return parts
 
 
@@ -134,6 +137,7 @@ def env_lines(config: LocalConfig) -> list[str]:
         f"export KUBECONFIG={layout.admin_kubeconfig}",
         f'export PATH="{layout.bin}:$PATH"',
         f"export MLPLATFORM_STATE_DIR={config.state_dir}",
+        *([f"export MLFLOW_TRACKING_URI={endpoints(config).tracking_uri}"] if config.stack else []),
     ]
 
 

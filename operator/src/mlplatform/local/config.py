@@ -165,6 +165,28 @@ class StateLayout:
         return self.root / "bin"
 
     @property
+    def secrets(self) -> Path:
+        """Credentials generated for this cluster's MLflow stack (files of mode 0600)."""
+        return self.root / "secrets"
+
+    @property
+    def postgres(self) -> Path:
+        return self.root / "postgres"
+
+    @property
+    def postgres_data(self) -> Path:
+        return self.postgres / "data"
+
+    @property
+    def postgres_socket(self) -> Path:
+        """PostgreSQL's unix socket directory (its own, not the system's /var/run/postgresql)."""
+        return self.postgres / "socket"
+
+    @property
+    def minio(self) -> Path:
+        return self.root / "minio"
+
+    @property
     def admin_kubeconfig(self) -> Path:
         return self.root / "kubeconfig"
 

@@ -1,0 +1,113 @@
+"""The MLflow tracking server of the local stack: the server image's own entrypoint, in its environment.
+
+It runs exactly what the image runs (images/mlflow-server/entrypoint.py, configured by environment as
+the chart configures the pod), with two local conveniences the chart does with Jobs instead: it creates
+the bucket and runs the database migrations before the server starts.
+"""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from mlplatform.local.config import LocalConfig, StateLayout
+from mlplatform.local.errors import LocalError
+from mlplatform.local.images import (
+    ImageEnvironment,
+    environment_dir,
+    host_command,
+    load_image_map,
+    resolve_image,
+)
+from mlplatform.local.processes import Check, ProcessSpec
+from mlplatform.local.stack import minio, postgres
+from mlplatform.local.stack.credentials import StackCredentials, pgpass_file
+
+SERVICE = "mlflow-server"
+SERVER_IMAGE = "mlplatform/mlflow-server"
+WORKERS = 1  # two cores here; the chart sets more
+
+
+def tracking_uri(config: LocalConfig) -> str:
+    return f"http://{config.bind_address}:{config.ports.mlflow}"
+
+
+def server_image() -> ImageEnvironment:
+    image = resolve_image(SERVER_IMAGE, load_image_map())
+    if image is None:
+        raise LocalError(f"the image map has no {SERVER_IMAGE}; add it to local-images.yaml")
+    return image
+
+
+def allowed_hosts(config: LocalConfig) -> str:
+    """Host headers the server accepts: its own address and loopback, with and without the port."""
+    port = config.ports.mlflow
+    hosts = dict.fromkeys(
+        name for host in (config.bind_address, "127.0.0.1", "localhost") for name in (host, f"{host}:{port}")
+    )
+    return ",".join(hosts)
+
+
+def server_env(
+    image: ImageEnvironment,
+    venv: Path,
+    config: LocalConfig,
+    layout: StateLayout,
+    credentials: StackCredentials,
+) -> dict[str, str]:
+    """The server's whole configuration; the database password stays in PGPASSFILE."""
+    return {
+        **image.env,
+        "PATH": f"{venv / 'bin'}:/usr/local/bin:/usr/bin:/bin",
+        "VIRTUAL_ENV": str(venv),
+        "PGHOST": config.bind_address,
+        "PGPORT": str(config.ports.postgres),
+        "PGUSER": postgres.DATABASE_USER,
+        "PGDATABASE": postgres.DATABASE,
+        "PGPASSFILE": str(pgpass_file(layout)),
+        "MLFLOW_ARTIFACTS_DESTINATION": f"s3://{minio.BUCKET}",
+        "MLFLOW_S3_ENDPOINT_URL": minio.endpoint(config),
+        "AWS_ACCESS_KEY_ID": credentials.minio_user,
+        "AWS_SECRET_ACCESS_KEY": credentials.minio_password,
+        "AWS_DEFAULT_REGION": minio.REGION,
+        "MLFLOW_HOST": config.bind_address,
+        "MLFLOW_PORT": str(config.ports.mlflow),
+        "MLFLOW_WORKERS": str(WORKERS),
+        "MLFLOW_SERVER_ALLOWED_HOSTS": allowed_hosts(config),
+        "MLPLATFORM_DB_UPGRADE": "true",
+        "MLPLATFORM_CREATE_BUCKET": "true",
+    }
+
+
+def process_spec(
+    image: ImageEnvironment,
+    cache_dir: Path,
+    config: LocalConfig,
+    layout: StateLayout,
+    credentials: StackCredentials,
+) -> ProcessSpec:
+    venv = environment_dir(image, cache_dir)
+    return ProcessSpec(
+        SERVICE,
+        host_command(image, venv),
+        server_env(image, venv, config, layout, credentials),
+        cwd=image.context,
+    )
+
+
+def readiness(config: LocalConfig) -> Check:
+    """Ready when GET /health answers OK."""
+    url = f"{tracking_uri(config)}/health"
+
+    def check() -> str | None:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - our own http endpoint
+                body = response.read().decode(errors="replace").strip()
+        except urllib.error.HTTPError as exc:
+            return f"{url} answered {exc.code}"
+        except OSError as exc:
+            return f"{url}: {exc}"
+        return None if body == "OK" else f"{url} answered {body[:80]!r}"
+
+    return check

@@ -1,0 +1,208 @@
+"""Fixtures of the platform tier: the MLflow stack of the session cluster, and images run as the node would.
+
+A trainer runs with exactly the environment the trainer contract documents (trainer_images/README.md),
+its image's ENV, and a PATH that starts with its image's virtual environment: nothing else leaks in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import psycopg2
+import pytest
+import requests
+
+from mlplatform.local.config import LocalConfig, StateLayout
+from mlplatform.local.images import (
+    ImageEnvironment,
+    ensure_environment,
+    host_command,
+    image_environment,
+    load_image_map,
+    resolve_image,
+)
+from mlplatform.local.stack import StackEndpoints, endpoints
+from mlplatform.local.stack.credentials import StackCredentials, load_credentials
+
+SCRIPTS = Path(__file__).parent / "scripts"
+
+
+@dataclass(frozen=True)
+class Stack:
+    config: LocalConfig
+    endpoints: StackEndpoints
+    credentials: StackCredentials
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.endpoints.tracking_uri
+
+    def api(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """Call MLflow's REST API directly (as the operator does), not through a client library."""
+        return requests.request(method, f"{self.tracking_uri}/api/2.0/mlflow/{path}", timeout=30, **kwargs)
+
+    def database(self) -> Any:
+        """A psycopg2 connection to the tracking database, as the MLflow role."""
+        return psycopg2.connect(
+            host=self.endpoints.postgres_host,
+            port=self.endpoints.postgres_port,
+            dbname=self.endpoints.database,
+            user=self.endpoints.database_user,
+            password=self.credentials.postgres_password,
+            connect_timeout=5,
+        )
+
+    def query(self, sql: str, *params: object) -> list[tuple[Any, ...]]:
+        with self.database() as connection, connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            rows: list[tuple[Any, ...]] = cursor.fetchall()
+        connection.close()
+        return rows
+
+    def trainer_env(self, experiment: str, **extra: str) -> dict[str, str]:
+        """The documented environment of a trainer (trainer_images/README.md), nothing else."""
+        return {"MLFLOW_TRACKING_URI": self.tracking_uri, "MLFLOW_EXPERIMENT_NAME": experiment, **extra}
+
+    def s3(self) -> Any:
+        """A boto3 client for MinIO itself, with the stack's root credentials."""
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoints.s3_endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=self.credentials.minio_user,
+            aws_secret_access_key=self.credentials.minio_password,
+        )
+
+
+@pytest.fixture(scope="session")
+def mlflow_stack(local_cluster: LocalConfig) -> Stack:
+    """The session cluster's MLflow stack: where it listens and its credentials (read from their files)."""
+    assert local_cluster.stack, "the session cluster runs without its MLflow stack"
+    return Stack(
+        local_cluster, endpoints(local_cluster), load_credentials(StateLayout(local_cluster.state_dir))
+    )
+
+
+@dataclass(frozen=True)
+class Image:
+    """An image as the local node runs it: its folder and its built environment."""
+
+    environment: ImageEnvironment
+    venv: Path
+
+    def run(
+        self,
+        env: Mapping[str, str],
+        argv: Sequence[str] | None = None,
+        *,
+        cwd: Path | None = None,
+        timeout: float = 300,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the image's command (or `argv` through its entrypoint) with only `env` and the image's ENV."""
+        return subprocess.run(
+            self.command(argv),
+            env=self.environ(env),
+            cwd=cwd or self.environment.context,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def command(self, argv: Sequence[str] | None = None) -> list[str]:
+        """The image's command on this host; `argv` replaces its CMD, as a pod's `args` do."""
+        image = self.environment
+        return host_command(image, self.venv, None if argv is None else [*image.entrypoint, *argv])
+
+    def train(
+        self, env: Mapping[str, str], argv: Sequence[str] | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        """Run the image's example to success; return the JSON summary it prints last."""
+        result = self.run(env, argv, **kwargs)
+        assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+        line = next(line for line in reversed(result.stdout.splitlines()) if line.startswith("{"))
+        summary: dict[str, Any] = json.loads(line)
+        return summary
+
+    def python(self, *args: str, env: Mapping[str, str] | None = None, timeout: float = 300) -> str:
+        """Run the environment's Python directly (not through the entrypoint); fail with its output."""
+        result = subprocess.run(
+            [str(self.venv / "bin/python"), *args],
+            env=self.environ(env or {}),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+    def environ(self, env: Mapping[str, str]) -> dict[str, str]:
+        home = Path(os.environ.get("TMPDIR", "/tmp")) / "mlplatform-test-home"
+        home.mkdir(exist_ok=True)
+        return {**self.environment.env, "PATH": f"{self.venv}/bin:/usr/bin:/bin", "HOME": str(home), **env}
+
+
+@pytest.fixture(scope="session")
+def build_image(local_cluster: LocalConfig) -> Callable[[str, Path], Image]:
+    """Build (or reuse from the cache) the environment of an image folder, as the local node does."""
+
+    def build(name: str, folder: Path) -> Image:
+        environment = image_environment(name, folder)
+        return Image(environment, ensure_environment(environment, local_cluster.cache_dir))
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def images(build_image: Callable[[str, Path], Image]) -> dict[str, Image]:
+    """The trainer and server images of local-images.yaml, their environments built."""
+    built = {}
+    for name in ("mlplatform/trainer-minimal", "mlplatform/trainer-sklearn", "mlplatform/mlflow-server"):
+        environment = resolve_image(name, load_image_map())
+        assert environment is not None, name
+        built[name.split("/")[1]] = build_image(name, environment.context)
+    return built
+
+
+@pytest.fixture
+def experiment() -> str:
+    """A fresh experiment name for one test."""
+    return f"test-{uuid.uuid4().hex[:8]}"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def port() -> int:
+    """A free TCP port on loopback."""
+    return free_port()
+
+
+@pytest.fixture
+def stopper() -> Iterator[list[subprocess.Popen[str]]]:
+    """Processes a test started in their own session; each is stopped (with its children) afterwards."""
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 15)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+                proc.wait(timeout=10)
