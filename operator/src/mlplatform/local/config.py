@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mlplatform.local.errors import LocalError
+from mlplatform.local.files import write_if_changed
 
 STATE_MARKER = ".mlplatform-local"
 CONFIG_FILE = "config.json"
@@ -48,6 +49,7 @@ class Ports:
     kube_proxy_healthz: int = 20256
     kube_proxy_metrics: int = 20249
     dns: int = 53
+    dns_ready: int = 20281
     postgres: int = 15432
     minio: int = 19000
     minio_console: int = 19001
@@ -165,6 +167,11 @@ class StateLayout:
         return self.root / "bin"
 
     @property
+    def node(self) -> Path:
+        """The local node's pods, their logs and its IP leases."""
+        return self.root / "node"
+
+    @property
     def secrets(self) -> Path:
         """Credentials generated for this cluster's MLflow stack (files of mode 0600)."""
         return self.root / "secrets"
@@ -221,6 +228,6 @@ def claim_state_dir(config: LocalConfig) -> StateLayout:
     for path in (root, layout.pki, layout.logs, layout.run, layout.bin):
         path.mkdir(parents=True, exist_ok=True)
     layout.pki.chmod(0o700)
-    layout.marker.write_text("This directory holds the state of an `mlplatform local` cluster.\n")
-    layout.config_file.write_text(config.to_json())
+    write_if_changed(layout.marker, "This directory holds the state of an `mlplatform local` cluster.\n")
+    write_if_changed(layout.config_file, config.to_json())
     return layout

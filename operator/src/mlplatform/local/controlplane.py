@@ -22,6 +22,7 @@ import yaml
 from mlplatform.local import pki
 from mlplatform.local.config import LocalConfig, StateLayout
 from mlplatform.local.errors import LocalError
+from mlplatform.local.files import PRIVATE, write_if_changed
 from mlplatform.local.kubeconfig import write_kubeconfig
 from mlplatform.local.platform import Context, Service
 from mlplatform.local.processes import Check, ProcessSpec
@@ -329,6 +330,4 @@ def kubectl_apply(ctx: Context, objects: Sequence[Mapping[str, object]]) -> None
 
 
 def write_private_yaml(path: Path, data: object) -> None:
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        yaml.safe_dump(data, handle, sort_keys=False)
+    write_if_changed(path, yaml.safe_dump(data, sort_keys=False), PRIVATE)

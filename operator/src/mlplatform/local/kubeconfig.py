@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import base64
-import os
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from mlplatform.local.files import PRIVATE, write_if_changed
 
 CONTEXT = "mlplatform-local"
 
@@ -46,6 +47,4 @@ def write_kubeconfig(path: Path, server: str, pki_dir: Path, cert_name: str, use
         (pki_dir / f"{cert_name}.key").read_bytes(),
         user,
     )
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        yaml.safe_dump(config, handle, sort_keys=False)
+    write_if_changed(path, yaml.safe_dump(config, sort_keys=False), PRIVATE)

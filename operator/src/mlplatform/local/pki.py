@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from mlplatform.local.config import LocalConfig
+from mlplatform.local.files import PRIVATE, write_if_changed
 
 VALIDITY = datetime.timedelta(days=365)
 CLUSTER_CA = "ca"
@@ -27,6 +27,7 @@ SERVICE_ACCOUNT_KEY = "sa"
 CONTROLLER_MANAGER_USER = "system:kube-controller-manager"
 SCHEDULER_USER = "system:kube-scheduler"
 KUBE_PROXY_USER = "system:kube-proxy"
+COREDNS_USER = "system:coredns"
 ADMIN_USER = "mlplatform-admin"
 MASTERS_GROUP = "system:masters"
 NODES_GROUP = "system:nodes"
@@ -99,6 +100,7 @@ def cluster_certificates(config: LocalConfig) -> list[CertificateSpec]:
             server=True,
         ),
         CertificateSpec("kube-proxy", KUBE_PROXY_USER, client=True),
+        CertificateSpec("coredns", COREDNS_USER, client=True),
         CertificateSpec("node", node_user(config.node_name), organizations=(NODES_GROUP,), client=True),
         CertificateSpec(
             "node-serving",
@@ -116,12 +118,6 @@ def cert_path(pki_dir: Path, name: str) -> Path:
 
 def key_path(pki_dir: Path, name: str) -> Path:
     return pki_dir / f"{name}.key"
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(data)
 
 
 def _new_key() -> ec.EllipticCurvePrivateKey:
@@ -185,7 +181,7 @@ def ensure_ca(pki_dir: Path, name: str, common_name: str) -> None:
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    _write_private(key_path(pki_dir, name), _key_pem(key))
+    write_if_changed(key_path(pki_dir, name), _key_pem(key), PRIVATE)
     cert_path(pki_dir, name).write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
 
 
@@ -229,7 +225,7 @@ def issue(pki_dir: Path, spec: CertificateSpec) -> None:
     if alternative_names:
         builder = builder.add_extension(x509.SubjectAlternativeName(alternative_names), critical=False)
     certificate = builder.sign(ca_key, hashes.SHA256())
-    _write_private(key_path(pki_dir, spec.name), _key_pem(key))
+    write_if_changed(key_path(pki_dir, spec.name), _key_pem(key), PRIVATE)
     cert_path(pki_dir, spec.name).write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
 
 
@@ -239,7 +235,7 @@ def ensure_service_account_key(pki_dir: Path) -> None:
     if private.exists():
         return
     key = _new_key()
-    _write_private(private, _key_pem(key))
+    write_if_changed(private, _key_pem(key), PRIVATE)
     (pki_dir / f"{SERVICE_ACCOUNT_KEY}.pub").write_bytes(
         key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo

@@ -106,6 +106,7 @@ def check_port_free(address: str, port: int, needed_by: str) -> None:
                 f"{needed_by} needs it (stop that process, or use --port-offset)"
             )
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: TIME_WAIT is no conflict
         try:
             probe.bind((address, port))
         except OSError as exc:

@@ -1,0 +1,699 @@
+"""One pod's life on the node: the kubelet's sync loop, as an asyncio task per pod.
+
+Each pass compares the pod's spec with what runs (read back from the runtime's records, never from
+memory alone), acts — build the image's environment, write volumes, start the sandbox, start or restart
+containers, run probes, stop everything on deletion — and reports the pod's status if it changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from mlplatform.local.config import LocalConfig
+from mlplatform.local.images import ImageEnvironment, ensure_environment, load_image_map, resolve_image
+from mlplatform.local.node import runtime
+from mlplatform.local.node.api import NodeApi, rfc3339
+from mlplatform.local.node.environment import (
+    ContainerConfigError,
+    Lookups,
+    container_argv,
+    container_env,
+    quantity_bytes,
+    quantity_millicores,
+    service_link_env,
+)
+from mlplatform.local.node.layout import NodeLayout, PodLayout
+from mlplatform.local.node.probes import ProbeRunner, ProbeTarget
+from mlplatform.local.node.sandbox import VOLUMES_IN_POD
+from mlplatform.local.node.shim import ContainerSpec, Identity, Mount
+from mlplatform.local.node.status import Attempt, ContainerView, pod_status
+from mlplatform.local.node.volumes import (
+    VolumeError,
+    VolumeLookups,
+    referenced_objects,
+    rendered_files,
+    token_audiences,
+    write_atomically,
+)
+
+Manifest = dict[str, Any]
+log = logging.getLogger(__name__)
+RESYNC_SECONDS = 10.0
+VOLUME_RESYNC_SECONDS = 30.0
+TOKEN_SECONDS = 3607
+MAX_BACKOFF_SECONDS = 300
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass
+class NodeContext:
+    """What every pod worker shares."""
+
+    api: NodeApi
+    config: LocalConfig
+    layout: NodeLayout
+    image_map_file: Path
+    allocatable: dict[str, str]
+    http: aiohttp.ClientSession
+    environments: dict[str, Path] = field(default_factory=dict)  # built environments by image context
+    environment_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    _image_map: tuple[float, list[ImageEnvironment]] = (-1.0, [])
+
+    def images(self) -> list[ImageEnvironment]:
+        """The image map, read again whenever its file changes: adding an image needs no restart."""
+        mtime = self.image_map_file.stat().st_mtime
+        if mtime != self._image_map[0]:
+            self._image_map = (mtime, load_image_map(self.image_map_file))
+        return self._image_map[1]
+
+
+def backoff_seconds(next_number: int) -> int:
+    """The kubelet's crash back-off: restart at once the first time, then 10s, 20s, … up to 5 minutes."""
+    return 0 if next_number <= 1 else min(10 * 2 ** (next_number - 2), MAX_BACKOFF_SECONDS)
+
+
+def should_restart(restart_policy: str, attempt: Attempt, init: bool) -> bool:
+    if restart_policy == "Never":
+        return False
+    if restart_policy == "OnFailure" or init:
+        return attempt.exit_code != 0
+    return True
+
+
+def parse_time(value: str) -> float:
+    return datetime.datetime.fromisoformat(value.replace("Z", "+00:00").split(".")[0] + "+00:00"
+                                           if "." in value else value.replace("Z", "+00:00")).timestamp()
+
+
+class PodWorker:
+    def __init__(self, node: NodeContext, pod: Manifest) -> None:
+        self.node = node
+        self.pod = pod
+        self.uid: str = pod["metadata"]["uid"]
+        self.layout: PodLayout = node.layout.pod(self.uid)
+        self.wake = asyncio.Event()
+        self.deleted = False
+        self.waiting: dict[str, tuple[str, str]] = {}
+        self.images: dict[str, ImageEnvironment] = {}
+        self.probes: dict[str, dict[str, ProbeRunner]] = {}
+        self.probe_results: dict[tuple[str, str], bool] = {}
+        self.tokens: dict[str, tuple[str, float]] = {}
+        self.volumes_synced_at = 0.0
+        self.wake_at: float | None = None
+        self.reported: Manifest | None = None
+        self.terminal_reason: dict[str, str] | None = None
+        self.recent_events: dict[tuple[str, str], float] = {}
+        self.exit_watches: dict[tuple[str, int], int] = {}
+        self.background: set[asyncio.Task[None]] = set()
+        self.task: asyncio.Task[None] | None = None
+
+    # --- the loop ---------------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return f"{self.pod['metadata']['namespace']}/{self.pod['metadata']['name']}"
+
+    def update(self, pod: Manifest) -> None:
+        self.pod = pod
+        self.wake.set()
+
+    def mark_deleted(self) -> None:
+        self.deleted = True
+        self.wake.set()
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self.run(), name=f"pod-{self.name}")
+
+    async def run(self) -> None:
+        failures = 0
+        while True:
+            self.wake.clear()
+            if self.wake_at is not None and self.wake_at <= time.monotonic():
+                self.wake_at = None  # due: this pass handles it (a later one stays pending)
+            try:
+                if await self.sync():
+                    return
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                failures += 1
+                log.exception("sync of pod %s failed", self.name)
+                self.wake_at = time.monotonic() + min(2**failures, 30)
+            delay = RESYNC_SECONDS if self.wake_at is None else max(0.0, self.wake_at - time.monotonic())
+            with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout=min(delay, RESYNC_SECONDS))
+
+    def wake_in(self, seconds: float) -> None:
+        at = time.monotonic() + seconds
+        self.wake_at = at if self.wake_at is None else min(self.wake_at, at)
+
+    async def event(self, kind: str, reason: str, message: str) -> None:
+        key = (reason, message)
+        if time.monotonic() - self.recent_events.get(key, -1e9) < 60:
+            return
+        self.recent_events[key] = time.monotonic()
+        await self.node.api.event(self.pod, kind, reason, message)
+
+    # --- the sync pass -------------------------------------------------------------------------------------
+    async def sync(self) -> bool:
+        """One pass; True when the pod is gone and the worker is done."""
+        pod = self.pod
+        if self.deleted or pod["metadata"].get("deletionTimestamp"):
+            await self.terminate(self.grace_seconds())
+            if not self.deleted:
+                await self.node.api.delete_pod(pod["metadata"]["namespace"], pod["metadata"]["name"], self.uid)
+            await asyncio.to_thread(runtime.remove_pod_dir, self.layout)
+            self.unwatch_exits()
+            return True
+        await asyncio.to_thread(self._remember_pod)
+        if self.finished():
+            await self.stop_everything()
+            return False
+        if self.deadline_exceeded():
+            await self.terminate(self.grace_seconds(), reason="DeadlineExceeded")
+            self.terminal_reason = {"reason": "DeadlineExceeded",
+                                    "message": "Pod was active on the node longer than the specified deadline"}
+            await self.report()
+            return False
+        if await self.prepare() and await self.run_init_containers():
+            await self.run_containers()
+        await self.report()
+        if self.finished():
+            await self.stop_everything()
+        return False
+
+    def _remember_pod(self) -> None:
+        self.layout.root.mkdir(parents=True, exist_ok=True)
+        self.layout.pod_file.write_text(json.dumps(self.pod))
+
+    def finished(self) -> bool:
+        return (self.reported or {}).get("phase") in ("Succeeded", "Failed")
+
+    def grace_seconds(self) -> int:
+        metadata, spec = self.pod["metadata"], self.pod["spec"]
+        value = metadata.get("deletionGracePeriodSeconds")
+        return int(value if value is not None else spec.get("terminationGracePeriodSeconds", 30))
+
+    def deadline_exceeded(self) -> bool:
+        deadline = self.pod["spec"].get("activeDeadlineSeconds")
+        started = (self.pod.get("status") or {}).get("startTime")
+        return bool(deadline and started and time.time() - parse_time(started) > int(deadline))
+
+    # --- images, volumes, sandbox ------------------------------------------------------------------------------
+    def all_containers(self) -> list[Manifest]:
+        spec = self.pod["spec"]
+        return [*(spec.get("initContainers") or []), *spec["containers"]]
+
+    async def prepare(self) -> bool:
+        """Environments for every image, the pod's volumes and its sandbox; False while not possible yet."""
+        ready = True
+        for container in self.all_containers():
+            if not await self.prepare_image(container):
+                ready = False
+        if not ready:
+            return False
+        if not await self.sync_volumes():
+            return False
+        return await self.ensure_sandbox()
+
+    async def prepare_image(self, container: Manifest) -> bool:
+        name, image = container["name"], container["image"]
+        environment = resolve_image(image, self.node.images())
+        if environment is None:
+            message = (f'Failed to pull image "{image}": the local node has no environment for it '
+                       "(images it can run are listed in local-images.yaml)")
+            already_failed = self.waiting.get(name, ("",))[0] in ("ErrImagePull", "ImagePullBackOff")
+            self.waiting[name] = ("ImagePullBackOff" if already_failed else "ErrImagePull", message)
+            await self.event("Warning", "Failed", message)
+            self.wake_in(20)
+            return False
+        self.images[name] = environment
+        key = str(environment.context)
+        if key not in self.node.environments:
+            lock = self.node.environment_locks.setdefault(key, asyncio.Lock())
+            async with lock:
+                if key not in self.node.environments:
+                    if self.attempts(name)[0] is None:
+                        self.waiting[name] = ("ContainerCreating", f"building the environment of {image}")
+                        await self.report()
+                    await self.event("Normal", "Pulling", f'Building environment for image "{image}"')
+                    started = time.monotonic()
+                    try:
+                        path = await asyncio.to_thread(ensure_environment, environment, self.node.config.cache_dir,
+                                                       lambda line: log.info("%s", line))
+                    except Exception as exc:
+                        message = f'Failed to pull image "{image}": {exc}'
+                        self.waiting[name] = ("ErrImagePull", message)
+                        await self.event("Warning", "Failed", message)
+                        self.wake_in(30)
+                        return False
+                    self.node.environments[key] = path
+                    await self.event("Normal", "Pulled", f'Environment for image "{image}" ready in '
+                                                          f"{time.monotonic() - started:.1f}s")
+        if self.waiting.get(name, ("",))[0] in ("ErrImagePull", "ImagePullBackOff", "ContainerCreating"):
+            del self.waiting[name]
+        return True
+
+    async def volume_lookups(self) -> VolumeLookups:
+        namespace = self.pod["metadata"]["namespace"]
+        config_map_names, secret_names = referenced_objects(self.pod)
+        api = self.node.api
+        config_maps = {n: await api.config_map_data(namespace, n) for n in config_map_names}
+        secrets = {n: await api.secret_data(namespace, n) for n in secret_names}
+        for audience in token_audiences(self.pod):
+            token = self.tokens.get(audience)
+            if token is None or token[1] - time.time() < TOKEN_SECONDS * 0.2:
+                self.tokens[audience] = await api.service_account_token(self.pod, audience, TOKEN_SECONDS)
+        return VolumeLookups(config_maps, secrets, {a: t for a, (t, _) in self.tokens.items()},
+                             self.node.allocatable)
+
+    async def sync_volumes(self) -> bool:
+        if time.monotonic() - self.volumes_synced_at < VOLUME_RESYNC_SECONDS and self.sandbox_alive():
+            return True
+        lookups = await self.volume_lookups()
+        fs_group = (self.pod["spec"].get("securityContext") or {}).get("fsGroup")
+        try:
+            for volume in self.pod["spec"].get("volumes") or []:
+                files = rendered_files(volume, self.pod, lookups)
+                folder = self.layout.volume(volume["name"])
+                if files is None:
+                    await asyncio.to_thread(self._plain_volume, volume, folder, fs_group)
+                else:
+                    await asyncio.to_thread(write_atomically, folder, files, fs_group)
+        except VolumeError as exc:
+            log.info("pod %s: volumes not ready: %s", self.name, exc)
+            for container in self.all_containers():
+                never_started = self.attempts(container["name"])[0] is None
+                if never_started and container["name"] not in self.waiting:
+                    self.waiting[container["name"]] = ("ContainerCreating", "")
+            await self.event("Warning", "FailedMount", f"MountVolume.SetUp failed: {exc}")
+            self.wake_in(10)
+            return False
+        self.volumes_synced_at = time.monotonic()
+        for name, (reason, _) in list(self.waiting.items()):
+            if reason == "ContainerCreating":
+                del self.waiting[name]
+        return True
+
+    @staticmethod
+    def _plain_volume(volume: Manifest, folder: Path, fs_group: int | None) -> None:
+        if "hostPath" in volume:
+            host = Path(volume["hostPath"]["path"])
+            if volume["hostPath"].get("type") in ("DirectoryOrCreate",) and not host.exists():
+                host.mkdir(parents=True)
+            if not folder.is_symlink():
+                folder.parent.mkdir(parents=True, exist_ok=True)
+                folder.symlink_to(host)
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(0o777 if fs_group is None else 0o2775)
+        if fs_group is not None:
+            os.chown(folder, -1, int(fs_group))
+
+    def sandbox_alive(self) -> bool:
+        record = runtime.read_sandbox(self.layout)
+        return record is not None and record.holder.alive()
+
+    def visible_paths(self) -> list[str]:
+        paths = {str(Path(sys.base_prefix).resolve())}
+        for environment in self.images.values():
+            paths.add(str(environment.context.resolve()))
+            if (built := self.node.environments.get(str(environment.context))) is not None:
+                paths.add(str(built))
+        return sorted(paths)
+
+    async def ensure_sandbox(self) -> bool:
+        if self.sandbox_alive():
+            return True
+        if runtime.read_sandbox(self.layout) is not None:
+            # The sandbox died (host reboot, someone killed it): its containers died with their namespaces.
+            await self.event("Normal", "SandboxChanged", "Pod sandbox changed, it will be killed and re-created.")
+            await asyncio.to_thread(runtime.kill_pod, self.layout, self.node.layout)
+        try:
+            await asyncio.to_thread(runtime.create_sandbox, self.pod, self.layout, self.node.layout,
+                                    self.node.config.network, self.visible_paths())
+        except (runtime.SandboxError, OSError) as exc:
+            await self.event("Warning", "FailedCreatePodSandBox", f"Failed to create pod sandbox: {exc}")
+            self.wake_in(5)
+            return False
+        return True
+
+    # --- containers -------------------------------------------------------------------------------------------
+    def attempts(self, name: str) -> tuple[Attempt | None, Attempt | None]:
+        numbers = runtime.attempt_numbers(self.layout, name)
+        latest = runtime.read_attempt(self.layout, name, numbers[-1]) if numbers else None
+        previous = runtime.read_attempt(self.layout, name, numbers[-2]) if len(numbers) > 1 else None
+        return latest, previous
+
+    async def run_init_containers(self) -> bool:
+        """Run init containers one after another; True once all of them succeeded."""
+        policy = self.pod["spec"].get("restartPolicy", "Always")
+        for container in self.pod["spec"].get("initContainers") or []:
+            latest, _ = self.attempts(container["name"])
+            if latest is not None and latest.succeeded:
+                continue
+            if latest is None:
+                await self.start_container(container, 0)
+            elif latest.finished:
+                if should_restart(policy, latest, init=True):
+                    await self.restart_after_backoff(container, latest)
+            else:
+                self.watch_exit(container["name"], latest.number)
+            return False
+        return True
+
+    async def run_containers(self) -> None:
+        policy = self.pod["spec"].get("restartPolicy", "Always")
+        for container in self.pod["spec"]["containers"]:
+            name = container["name"]
+            latest, _ = self.attempts(name)
+            if latest is None:
+                if self.waiting.get(name, ("",))[0] in ("", "CreateContainerConfigError", "RunContainerError"):
+                    await self.start_container(container, 0)
+            elif latest.finished:
+                self.stop_probes(name)
+                if should_restart(policy, latest, init=False):
+                    await self.restart_after_backoff(container, latest)
+            elif latest.running:
+                if latest.started_at is None:
+                    self.wake_in(0.2)  # the shim has not recorded the start yet
+                self.watch_exit(name, latest.number)
+                if name not in self.probes:
+                    self.start_probes(container, latest)  # an attempt re-adopted after an agent restart
+
+    async def restart_after_backoff(self, container: Manifest, latest: Attempt) -> None:
+        name = container["name"]
+        delay = backoff_seconds(latest.number + 1)
+        finished = parse_time(latest.finished_at) if latest.finished_at else time.time()
+        remaining = finished + delay - time.time()
+        if remaining > 0:
+            message = (f"back-off {delay}s restarting failed container={name} "
+                       f"pod={self.pod['metadata']['name']}_{self.pod['metadata']['namespace']}({self.uid})")
+            self.waiting[name] = ("CrashLoopBackOff", message)
+            await self.event("Warning", "BackOff", "Back-off restarting failed container " + name)
+            self.wake_in(remaining)
+            return
+        self.waiting.pop(name, None)
+        await self.start_container(container, latest.number + 1)
+
+    async def start_container(self, container: Manifest, number: int) -> None:
+        name = container["name"]
+        try:
+            spec = await self.container_spec(container, number)
+        except ContainerConfigError as exc:
+            self.waiting[name] = ("CreateContainerConfigError", str(exc))
+            await self.event("Warning", "Failed", f"Error: {exc}")
+            self.wake_in(10)
+            return
+        self.waiting.pop(name, None)
+        await asyncio.to_thread(runtime.start_container, self.layout, spec, number)
+        log.info("pod %s: started container %s (attempt %d)", self.name, name, number)
+        await self.event("Normal", "Started", f"Started container {name}")
+        await asyncio.sleep(0.05)  # let the shim record the process before probes look for it
+        self.watch_exit(name, number)
+        latest, _ = self.attempts(name)
+        if latest is not None and not self.is_init(name):
+            self.start_probes(container, latest)
+        self.wake_in(0.5)
+
+    def watch_exit(self, name: str, number: int) -> None:
+        """Wake this worker the moment the shim of a container attempt exits (a pidfd on the event loop)."""
+        key = (name, number)
+        shim = runtime.shim_ref(self.layout, name, number)
+        if key in self.exit_watches or shim is None:
+            return
+        try:
+            descriptor = os.pidfd_open(shim.pid)
+        except ProcessLookupError:
+            self.wake.set()
+            return
+        if not shim.alive():  # the PID was reused after our shim exited
+            os.close(descriptor)
+            self.wake.set()
+            return
+        loop = asyncio.get_running_loop()
+
+        def exited() -> None:
+            loop.remove_reader(descriptor)
+            os.close(descriptor)
+            self.exit_watches.pop(key, None)
+            self.wake.set()
+
+        loop.add_reader(descriptor, exited)
+        self.exit_watches[key] = descriptor
+
+    def unwatch_exits(self) -> None:
+        loop = asyncio.get_running_loop()
+        for descriptor in self.exit_watches.values():
+            loop.remove_reader(descriptor)
+            os.close(descriptor)
+        self.exit_watches.clear()
+
+    def is_init(self, name: str) -> bool:
+        return any(c["name"] == name for c in self.pod["spec"].get("initContainers") or [])
+
+    async def container_spec(self, container: Manifest, number: int) -> ContainerSpec:
+        environment = self.images[container["name"]]
+        built = self.node.environments[str(environment.context)]
+        namespace = self.pod["metadata"]["namespace"]
+        config_map_names, secret_names = referenced_objects(self.pod)
+        api = self.node.api
+        lookups = Lookups(
+            {n: _text(await api.config_map_data(namespace, n)) for n in config_map_names},
+            {n: _text(await api.secret_data(namespace, n)) for n in secret_names},
+        )
+        services = await self.service_links(namespace)
+        env = self.image_env(environment, built, container)
+        env.update(container_env(self.pod, container, lookups, services, self.node.allocatable))
+        identity = self.identity(container, environment)
+        env.setdefault("HOME", "/root" if not identity.uid else "/")
+        argv = container_argv(container, environment.entrypoint, environment.cmd, env)
+        limits = (container.get("resources") or {}).get("limits") or {}
+        layout = self.layout.container(container["name"], number)
+        return ContainerSpec(
+            name=container["name"], argv=argv, env=env,
+            working_dir=container.get("workingDir") or environment.working_dir or "/",
+            sandbox_pid=runtime.read_sandbox(self.layout).holder.pid,  # type: ignore[union-attr]
+            mounts=self.mounts(container, environment), identity=identity,
+            cgroup=f"{runtime.pod_cgroup(self.uid)}/{container['name']}-{number}",
+            memory_bytes=quantity_bytes(limits.get("memory")), cpu_millicores=quantity_millicores(limits.get("cpu")),
+            log_file=str(self.layout.log(container["name"], number)), state_file=str(layout.state_file),
+            exit_file=str(layout.exit_file),
+        )
+
+    async def service_links(self, namespace: str) -> dict[str, str]:
+        api = self.node.api
+        services = [s for s in await api.services("default") if s["metadata"]["name"] == "kubernetes"]
+        if self.pod["spec"].get("enableServiceLinks", True):
+            services = [*(await api.services(namespace)), *services]
+        return service_link_env(services)
+
+    def image_env(self, environment: ImageEnvironment, built: Path, container: Manifest) -> dict[str, str]:
+        env = dict(environment.env)
+        env["PATH"] = f"{built / 'bin'}:{env.get('PATH', DEFAULT_PATH)}"
+        env["VIRTUAL_ENV"] = str(built)
+        env["HOSTNAME"] = runtime.pod_hostname(self.pod)
+        return env
+
+    def mounts(self, container: Manifest, environment: ImageEnvironment) -> list[Mount]:
+        mounts = []
+        if environment.code_path:
+            mounts.append(Mount(str(environment.context.resolve()), environment.code_path, readonly=True))
+        volumes = {v["name"]: v for v in self.pod["spec"].get("volumes") or []}
+        for mount in container.get("volumeMounts") or []:
+            volume = volumes.get(mount["name"], {})
+            source = f"{VOLUMES_IN_POD}/{mount['name']}"
+            if "hostPath" in volume:
+                source = volume["hostPath"]["path"]
+            if sub := mount.get("subPath"):
+                source = f"{source}/{sub}"
+            readonly = bool(mount.get("readOnly")) or any(k in volume for k in ("configMap", "secret", "projected",
+                                                                                "downwardAPI"))
+            mounts.append(Mount(source, mount["mountPath"], readonly))
+        return mounts
+
+    def identity(self, container: Manifest, environment: ImageEnvironment) -> Identity:
+        pod_context = self.pod["spec"].get("securityContext") or {}
+        context = container.get("securityContext") or {}
+
+        def pick(key: str) -> Any:
+            return context.get(key, pod_context.get(key))
+
+        image_user = getattr(environment, "user", None)
+        uid = pick("runAsUser")
+        if uid is None and image_user is not None:
+            if not str(image_user).split(":")[0].isdigit():
+                if pick("runAsNonRoot"):
+                    raise ContainerConfigError(f"container has runAsNonRoot and image has non-numeric user "
+                                               f"({image_user}), cannot verify user is non-root")
+            else:
+                uid = int(str(image_user).split(":")[0])
+        if pick("runAsNonRoot") and not uid:
+            raise ContainerConfigError(
+                f"container has runAsNonRoot and image will run as root (pod: \"{self.pod['metadata']['name']}_"
+                f"{self.pod['metadata']['namespace']}({self.uid})\", container: {container['name']})")
+        gid = pick("runAsGroup")
+        groups = [int(g) for g in pod_context.get("supplementalGroups") or []]
+        if pod_context.get("fsGroup") is not None:
+            groups.append(int(pod_context["fsGroup"]))
+        drop = (context.get("capabilities") or {}).get("drop") or []
+        return Identity(
+            uid=None if uid is None else int(uid),
+            gid=None if gid is None else int(gid),
+            groups=groups,
+            no_new_privs=context.get("allowPrivilegeEscalation") is False,
+            drop_capabilities="ALL" in drop,
+        )
+
+    # --- probes ------------------------------------------------------------------------------------------------
+    def start_probes(self, container: Manifest, attempt: Attempt) -> None:
+        name = container["name"]
+        self.stop_probes(name)
+        record = runtime.read_sandbox(self.layout)
+        ports = {p["name"]: int(p["containerPort"]) for p in container.get("ports") or [] if p.get("name")}
+        target = ProbeTarget(record.ip or self.node.config.network.host_address if record else "",
+                             lambda: runtime.container_pid(self.layout, name, attempt.number), ports,
+                             self._probe_env(name, attempt.number))
+        has_startup = "startupProbe" in container
+        self.probe_results[(name, "startup")] = not has_startup
+        runners = {}
+        for kind in ("startup", "liveness", "readiness"):
+            probe = container.get(f"{kind}Probe")
+            if probe:
+                gate = (lambda: True) if kind == "startup" else (lambda n=name: self.probe_results[(n, "startup")])
+                runners[kind] = ProbeRunner(kind, probe, target, self.node.http,
+                                            lambda k, ok, msg, n=name, a=attempt.number: self.on_probe(n, a, k, ok, msg),
+                                            gate)
+        self.probe_results[(name, "readiness")] = "readinessProbe" not in container
+        self.probes[name] = runners
+        for runner in runners.values():
+            runner.start()
+
+    def _probe_env(self, name: str, number: int) -> dict[str, str]:
+        spec_file = self.layout.container(name, number).spec_file
+        try:
+            env: dict[str, str] = json.loads(spec_file.read_text())["env"]
+            return env
+        except (OSError, ValueError, KeyError):
+            return {}
+
+    def stop_probes(self, name: str) -> None:
+        for runner in self.probes.pop(name, {}).values():
+            runner.stop()
+
+    async def on_probe(self, name: str, number: int, kind: str, ok: bool, message: str) -> None:
+        self.probe_results[(name, kind)] = ok
+        if not ok:
+            await self.event("Warning", "Unhealthy", f"{kind.capitalize()} probe failed: {message}")
+        if kind in ("liveness", "startup") and not ok:
+            # This runs inside the probe's own task, which stop_probes cancels: kill from a task of its own.
+            self.stop_probes(name)
+            task = asyncio.create_task(self.restart_unhealthy(name, number, kind))
+            self.background.add(task)
+            task.add_done_callback(self.background.discard)
+        self.wake.set()
+
+    async def restart_unhealthy(self, name: str, number: int, kind: str) -> None:
+        await self.event("Normal", "Killing", f"Container {name} failed {kind} probe, will be restarted")
+        await self.stop_container(name, number, self.grace_seconds())
+        self.wake.set()
+
+    # --- stopping ------------------------------------------------------------------------------------------------
+    async def stop_container(self, name: str, number: int, grace: int) -> None:
+        await asyncio.to_thread(runtime.signal_container, self.layout, name, number, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            if not runtime.read_attempt(self.layout, name, number).running:
+                return
+            await asyncio.sleep(0.1)
+        await asyncio.to_thread(runtime.signal_container, self.layout, name, number, signal.SIGKILL)
+        for _ in range(50):
+            if not runtime.read_attempt(self.layout, name, number).running:
+                return
+            await asyncio.sleep(0.1)
+
+    async def terminate(self, grace: int, reason: str = "") -> None:
+        """Stop every container gracefully (SIGTERM, then SIGKILL after `grace`), then the sandbox."""
+        for name in list(self.probes):
+            self.stop_probes(name)
+        running = []
+        for container in self.all_containers():
+            latest, _ = self.attempts(container["name"])
+            if latest is not None and latest.running:
+                running.append((container["name"], latest.number))
+                await self.event("Normal", "Killing", f"Stopping container {container['name']}"
+                                 + (f": {reason}" if reason else ""))
+        await asyncio.gather(*(self.stop_container(n, a, grace) for n, a in running))
+        await self.stop_everything()
+
+    async def stop_everything(self) -> None:
+        if runtime.read_sandbox(self.layout) is not None or self.probes:
+            for name in list(self.probes):
+                self.stop_probes(name)
+            await asyncio.to_thread(runtime.kill_pod, self.layout, self.node.layout)
+
+    # --- status -------------------------------------------------------------------------------------------------
+    def view(self, container: Manifest) -> ContainerView:
+        name = container["name"]
+        latest, previous = self.attempts(name)
+        waiting = self.waiting.get(name)
+        policy = self.pod["spec"].get("restartPolicy", "Always")
+        if latest is not None and (latest.running or not should_restart(policy, latest, self.is_init(name))):
+            waiting = None  # a reason to wait only counts for a container that is to (re)start
+        running = latest is not None and latest.running and waiting is None
+        started = self.probe_results.get((name, "startup"), True)
+        ready = running and started and self.probe_results.get((name, "readiness"), True) and not self.is_init(name)
+        environment = self.images.get(name)
+        built = self.node.environments.get(str(environment.context)) if environment else None
+        image_id = f"mlplatform-local://{built.name}" if built else ""
+        if waiting is None and latest is not None and latest.running and latest.started_at is None:
+            waiting = ("ContainerCreating", "")
+        return ContainerView(name, container["image"], image_id, latest, previous, waiting, bool(ready), started)
+
+    async def report(self) -> None:
+        spec = self.pod["spec"]
+        init_views = [self.view(c) for c in spec.get("initContainers") or []]
+        views = [self.view(c) for c in spec["containers"]]
+        record = runtime.read_sandbox(self.layout)
+        sandbox_ready = record is not None and record.holder.alive()
+        host = self.node.config.network.host_address
+        pod_ip = (host if spec.get("hostNetwork") else record.ip) if record else (self.reported or {}).get("podIP")
+        current = self.pod.get("status") or {}
+        status = pod_status(
+            self.pod, init_views, views, sandbox_ready=sandbox_ready, pod_ip=pod_ip, host_ip=host,
+            start_time=current.get("startTime") or rfc3339(), stamp=rfc3339(), reason=self.terminal_reason,
+        )
+        comparable = _without_times(status)
+        if self.reported is not None and _without_times(self.reported) == comparable:
+            return
+        if status["phase"] != (self.reported or {}).get("phase"):
+            log.info("pod %s: %s", self.name, status["phase"])
+        updated = await self.node.api.patch_pod_status(self.pod["metadata"]["namespace"],
+                                                       self.pod["metadata"]["name"], status)
+        self.pod = {**self.pod, "status": updated.get("status", status)}
+        self.reported = status
+
+
+def _text(data: Mapping[str, bytes] | None) -> dict[str, str] | None:
+    return None if data is None else {k: v.decode(errors="replace") for k, v in data.items()}
+
+
+def _without_times(status: Manifest) -> Manifest:
+    copy = json.loads(json.dumps(status))
+    for condition in copy.get("conditions", []):
+        condition.pop("lastTransitionTime", None)
+    return copy

@@ -1,0 +1,64 @@
+"""Small helpers the cluster, platform and end-to-end tests share."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+T = TypeVar("T")
+
+
+def eventually(condition: Callable[[], T], timeout: float = 60, what: str = "condition", interval: float = 0.3) -> T:
+    """Poll `condition` until it returns something truthy; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = condition()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"{what} not met within {timeout}s (last value: {last!r})")
+
+
+def kubectl(kubectl_bin: Path, kubeconfig: Path, *args: str, stdin: str | None = None,
+            check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(kubectl_bin), f"--kubeconfig={kubeconfig}", *args], input=stdin,
+                          capture_output=True, text=True, check=check, timeout=120)
+
+
+def apply(kubectl_bin: Path, kubeconfig: Path, namespace: str, manifest: str | dict[str, Any]) -> None:
+    text = manifest if isinstance(manifest, str) else yaml.safe_dump(manifest)
+    kubectl(kubectl_bin, kubeconfig, "apply", "-n", namespace, "-f", "-", stdin=text)
+
+
+def pod(core: client.CoreV1Api, namespace: str, name: str) -> client.V1Pod | None:
+    try:
+        return core.read_namespaced_pod(name, namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def container_state(found: client.V1Pod | None, name: str | None = None) -> Any:
+    """The state of a pod's container (the first one unless named)."""
+    if found is None or not found.status.container_statuses:
+        return None
+    statuses = found.status.container_statuses
+    status = next((s for s in statuses if s.name == name), None) if name else statuses[0]
+    return status.state if status else None
+
+
+def pods_of(core: client.CoreV1Api, namespace: str, selector: str) -> list[client.V1Pod]:
+    return list(core.list_namespaced_pod(namespace, label_selector=selector).items)
+
+
+def is_ready(found: client.V1Pod) -> bool:
+    return any(c.type == "Ready" and c.status == "True" for c in found.status.conditions or [])
