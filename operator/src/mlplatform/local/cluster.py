@@ -6,12 +6,14 @@ import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from mlplatform.local.config import LocalConfig, StateLayout, claim_state_dir, load_config
 from mlplatform.local.controlplane import ControlPlane
 from mlplatform.local.errors import LocalError
 from mlplatform.local.gobuild import BINARIES, cached_binary, ensure_binaries
 from mlplatform.local.network import HostNetwork
+from mlplatform.local.node.part import LocalNode
 from mlplatform.local.platform import Context, Log, Part, Service, check_port_free, is_root, services_of
 from mlplatform.local.processes import ProcessTable, wait_for
 from mlplatform.local.stack import MlflowStack, endpoints
@@ -25,6 +27,8 @@ def platform_parts(config: LocalConfig) -> list[Part]:
     parts.append(ControlPlane())
     if config.stack:
         parts.append(MlflowStack())
+    if config.node:
+        parts.append(LocalNode())
     return parts
 
 
@@ -33,13 +37,17 @@ def _context(config: LocalConfig, log: Log) -> Context:
     return Context(config, layout, ProcessTable(layout.run, layout.logs), log)
 
 
-def _check_compatible(requested: LocalConfig, saved: LocalConfig) -> None:
-    # The saved configuration shaped the certificates and data already on disk; changing it needs a new state.
-    if replace(requested, state_dir=saved.state_dir, cache_dir=saved.cache_dir) != saved:
-        raise LocalError(
-            f"the cluster in {saved.state_dir} was created with other settings; "
-            "run `mlplatform local down` first to change them"
-        )
+def _merged(requested: LocalConfig, saved: LocalConfig) -> LocalConfig:
+    """The saved configuration, with the stack added if asked for now.
+
+    Ports and addresses shaped the certificates and data already on disk, so changing them needs a new
+    state; the stack can join a running cluster (and stays in the saved configuration, so `down` stops it).
+    """
+    merged = replace(saved, stack=saved.stack or requested.stack)
+    if replace(requested, state_dir=saved.state_dir, cache_dir=saved.cache_dir, stack=merged.stack) != merged:
+        raise LocalError(f"the cluster in {saved.state_dir} was created with other settings; "
+                         "run `mlplatform local down` first to change them")
+    return merged
 
 
 def _start_stage(ctx: Context, stage: Sequence[Service]) -> None:
@@ -61,8 +69,7 @@ def up(config: LocalConfig, log: Log = print) -> LocalConfig:
     """Bring the local cluster up, or complete it if some of it runs already; return its configuration."""
     saved = load_config(config.state_dir)
     if saved is not None:
-        _check_compatible(config, saved)
-        config = saved
+        config = _merged(config, saved)
     if config.node and not is_root():
         raise LocalError(
             "the local node needs root (it makes network namespaces and a bridge); "
@@ -71,9 +78,6 @@ def up(config: LocalConfig, log: Log = print) -> LocalConfig:
     ctx = _context(config, log)
     parts = platform_parts(config)
     missing = [s for part in parts for s in services_of(part, config) if ctx.processes.alive(s.name) is None]
-    if not missing:
-        log(f"local cluster already running (state in {config.state_dir})")
-        return config
     for service in missing:
         for address, port in service.listens(config):
             check_port_free(address, port, service.name)
@@ -81,12 +85,16 @@ def up(config: LocalConfig, log: Log = print) -> LocalConfig:
     claim_state_dir(config)
     names = list(dict.fromkeys(name for part in parts for name in part.binaries(config)))
     ctx.binaries = ensure_binaries(names, config.cache_dir, log)
+    # Every pass is complete and idempotent: a half-finished `up` is completed by the next one.
     for part in parts:
         part.prepare(ctx)
         for stage in part.stages(config):
             _start_stage(ctx, stage)
         part.finish(ctx)
-    log(f"local cluster ready in {time.monotonic() - started:.1f}s (state in {config.state_dir})")
+    if missing:
+        log(f"local cluster ready in {time.monotonic() - started:.1f}s (state in {config.state_dir})")
+    else:
+        log(f"local cluster already running (state in {config.state_dir})")
     return config
 
 
@@ -98,6 +106,7 @@ def down(state_dir_config: LocalConfig, keep_state: bool = False, log: Log = pri
         log(f"no local cluster in {layout.root}")
         return
     ctx = _context(config, log)
+    ctx.binaries = _cached_binaries(config)
     failures = []
     for part in reversed(platform_parts(config)):
         for service in reversed(services_of(part, config)):
@@ -112,6 +121,12 @@ def down(state_dir_config: LocalConfig, keep_state: bool = False, log: Log = pri
     if not keep_state and layout.marker.exists():
         shutil.rmtree(layout.root)
         log(f"removed {layout.root}")
+
+
+def _cached_binaries(config: LocalConfig) -> dict[str, Path]:
+    """The binaries a teardown may need (kube-proxy cleans its rules), without building anything."""
+    names = {name for part in platform_parts(config) for name in part.binaries(config)}
+    return {name: path for name in names if (path := cached_binary(BINARIES[name], config.cache_dir)[0]).exists()}
 
 
 @dataclass(frozen=True)
