@@ -18,15 +18,23 @@ import pytest
 from kubernetes import client, config
 
 from mlplatform.local import cluster
-from mlplatform.local.config import LocalConfig, Ports, StateLayout, default_cache_dir, default_state_dir, load_config
+from mlplatform.local.config import (
+    LocalConfig,
+    Ports,
+    StateLayout,
+    default_cache_dir,
+    default_state_dir,
+    load_config,
+)
 from mlplatform.local.platform import is_root
 
 
 def _own_cluster_config(state_dir: Path) -> LocalConfig:
     offset = int(os.environ.get("MLPLATFORM_TEST_PORT_OFFSET", "0"))
     node = is_root() and os.environ.get("MLPLATFORM_TEST_NO_NODE") != "1"
-    return LocalConfig(state_dir=state_dir, cache_dir=default_cache_dir(), node=node,
-                       ports=Ports().shifted(offset))
+    return LocalConfig(
+        state_dir=state_dir, cache_dir=default_cache_dir(), node=node, ports=Ports().shifted(offset)
+    )
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +43,9 @@ def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCon
     if os.environ.get("MLPLATFORM_TEST_CLUSTER") == "reuse":
         saved = load_config(default_state_dir())
         if saved is None or any(s.pid is None for s in cluster.status(saved)):
-            pytest.fail(f"MLPLATFORM_TEST_CLUSTER=reuse, but no complete cluster runs in {default_state_dir()}")
+            pytest.fail(
+                f"MLPLATFORM_TEST_CLUSTER=reuse, but no complete cluster runs in {default_state_dir()}"
+            )
         yield saved
         return
     config = cluster.up(_own_cluster_config(tmp_path_factory.mktemp("local-cluster")))
@@ -80,5 +90,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     skipped = reporter.stats.get("skipped", []) if reporter else []
     if skipped and exitstatus == 0:
-        reporter.write_line(f"MLPLATFORM_FAIL_ON_SKIP: {len(skipped)} test(s) skipped; failing the run", red=True)
+        reporter.write_line(
+            f"MLPLATFORM_FAIL_ON_SKIP: {len(skipped)} test(s) skipped; failing the run", red=True
+        )
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -15,7 +15,9 @@ from kubernetes.client.rest import ApiException
 T = TypeVar("T")
 
 
-def eventually(condition: Callable[[], T], timeout: float = 60, what: str = "condition", interval: float = 0.3) -> T:
+def eventually(
+    condition: Callable[[], T], timeout: float = 60, what: str = "condition", interval: float = 0.3
+) -> T:
     """Poll `condition` until it returns something truthy; fail with `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -27,10 +29,17 @@ def eventually(condition: Callable[[], T], timeout: float = 60, what: str = "con
     raise AssertionError(f"{what} not met within {timeout}s (last value: {last!r})")
 
 
-def kubectl(kubectl_bin: Path, kubeconfig: Path, *args: str, stdin: str | None = None,
-            check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(kubectl_bin), f"--kubeconfig={kubeconfig}", *args], input=stdin,
-                          capture_output=True, text=True, check=check, timeout=120)
+def kubectl(
+    kubectl_bin: Path, kubeconfig: Path, *args: str, stdin: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(kubectl_bin), f"--kubeconfig={kubeconfig}", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        check=check,
+        timeout=120,
+    )
 
 
 def apply(kubectl_bin: Path, kubeconfig: Path, namespace: str, manifest: str | dict[str, Any]) -> None:

@@ -16,9 +16,16 @@ from kubernetes.client.rest import ApiException
 pytestmark = pytest.mark.cluster
 
 
-def kubectl(kubectl_bin: Path, kubeconfig: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(kubectl_bin), f"--kubeconfig={kubeconfig}", *args],
-                          capture_output=True, text=True, check=check, timeout=60)
+def kubectl(
+    kubectl_bin: Path, kubeconfig: Path, *args: str, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(kubectl_bin), f"--kubeconfig={kubeconfig}", *args],
+        capture_output=True,
+        text=True,
+        check=check,
+        timeout=60,
+    )
 
 
 def eventually(condition: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
@@ -36,10 +43,14 @@ def test_apiserver_is_ready_and_serves_workload_apis(kubectl_bin: Path, kubeconf
     names = kubectl(kubectl_bin, kubeconfig, "api-resources", "-o", "name").stdout.split()
     assert {"jobs.batch", "deployments.apps"} <= set(names)
     for group_version, kind in (("batch/v1", "Job"), ("apps/v1", "Deployment")):
-        discovery = json.loads(kubectl(kubectl_bin, kubeconfig, "get", "--raw", f"/apis/{group_version}").stdout)
+        discovery = json.loads(
+            kubectl(kubectl_bin, kubeconfig, "get", "--raw", f"/apis/{group_version}").stdout
+        )
         assert kind in {r["kind"] for r in discovery["resources"]}
     server = json.loads(kubectl(kubectl_bin, kubeconfig, "version", "-o", "json").stdout)["serverVersion"]
-    client_version = json.loads(kubectl(kubectl_bin, kubeconfig, "version", "-o", "json").stdout)["clientVersion"]
+    client_version = json.loads(kubectl(kubectl_bin, kubeconfig, "version", "-o", "json").stdout)[
+        "clientVersion"
+    ]
     assert server["gitVersion"] == client_version["gitVersion"]
     assert server["gitVersion"].startswith("v1.")
 
@@ -52,31 +63,45 @@ WIDGET_CRD: dict[str, Any] = {
         "group": "test.mlplatform.dev",
         "names": {"kind": "Widget", "plural": "widgets", "singular": "widget"},
         "scope": "Namespaced",
-        "versions": [{
-            "name": "v1",
-            "served": True,
-            "storage": True,
-            "schema": {"openAPIV3Schema": {
-                "type": "object",
-                "properties": {"spec": {
-                    "type": "object",
-                    "required": ["minReplicas", "maxReplicas"],
-                    "properties": {"minReplicas": {"type": "integer", "minimum": 0},
-                                   "maxReplicas": {"type": "integer"}},
-                    "x-kubernetes-validations": [{
-                        "rule": "self.minReplicas <= self.maxReplicas",
-                        "message": "minReplicas must not exceed maxReplicas",
-                    }],
-                }},
-            }},
-        }],
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "properties": {
+                            "spec": {
+                                "type": "object",
+                                "required": ["minReplicas", "maxReplicas"],
+                                "properties": {
+                                    "minReplicas": {"type": "integer", "minimum": 0},
+                                    "maxReplicas": {"type": "integer"},
+                                },
+                                "x-kubernetes-validations": [
+                                    {
+                                        "rule": "self.minReplicas <= self.maxReplicas",
+                                        "message": "minReplicas must not exceed maxReplicas",
+                                    }
+                                ],
+                            }
+                        },
+                    }
+                },
+            }
+        ],
     },
 }
 
 
 def _widget(name: str, low: int, high: int) -> dict[str, Any]:
-    return {"apiVersion": "test.mlplatform.dev/v1", "kind": "Widget", "metadata": {"name": name},
-            "spec": {"minReplicas": low, "maxReplicas": high}}
+    return {
+        "apiVersion": "test.mlplatform.dev/v1",
+        "kind": "Widget",
+        "metadata": {"name": name},
+        "spec": {"minReplicas": low, "maxReplicas": high},
+    }
 
 
 def test_crd_with_cel_rule_rejects_bad_object(api_client: client.ApiClient, namespace: str) -> None:
@@ -126,8 +151,13 @@ def _deployment(name: str) -> client.V1Deployment:
             selector=client.V1LabelSelector(match_labels=labels),
             template=client.V1PodTemplateSpec(
                 metadata=client.V1ObjectMeta(labels=labels),
-                spec=client.V1PodSpec(containers=[client.V1Container(
-                    name="main", image="mlplatform/does-not-exist:0", command=["sleep", "3600"])]),
+                spec=client.V1PodSpec(
+                    containers=[
+                        client.V1Container(
+                            name="main", image="mlplatform/does-not-exist:0", command=["sleep", "3600"]
+                        )
+                    ]
+                ),
             ),
         ),
     )
@@ -139,13 +169,23 @@ def test_deployment_creates_replicaset_and_pods_then_garbage_collects_them(
     apps, core = client.AppsV1Api(api_client), client.CoreV1Api(api_client)
     apps.create_namespaced_deployment(namespace, _deployment("web"))
 
-    replica_sets = eventually(lambda: apps.list_namespaced_replica_set(namespace).items, what="ReplicaSet created")
+    replica_sets = eventually(
+        lambda: apps.list_namespaced_replica_set(namespace).items, what="ReplicaSet created"
+    )
     assert replica_sets[0].metadata.owner_references[0].kind == "Deployment"
-    pods = eventually(lambda: [p for p in core.list_namespaced_pod(namespace).items] if len(
-        core.list_namespaced_pod(namespace).items) == 2 else None, what="2 pods created")
+    pods = eventually(
+        lambda: (
+            list(core.list_namespaced_pod(namespace).items)
+            if len(core.list_namespaced_pod(namespace).items) == 2
+            else None
+        ),
+        what="2 pods created",
+    )
     assert {p.metadata.owner_references[0].name for p in pods} == {replica_sets[0].metadata.name}
-    eventually(lambda: all(p.spec.node_name or _unschedulable(p) for p in core.list_namespaced_pod(namespace).items),
-               what="the scheduler to place (or report) every pod")
+    eventually(
+        lambda: all(p.spec.node_name or _unschedulable(p) for p in core.list_namespaced_pod(namespace).items),
+        what="the scheduler to place (or report) every pod",
+    )
 
     apps.delete_namespaced_deployment("web", namespace)
     eventually(lambda: not apps.list_namespaced_replica_set(namespace).items, what="ReplicaSet collected")
@@ -157,22 +197,30 @@ def _unschedulable(pod: client.V1Pod) -> bool:
     return any(c.type == "PodScheduled" and c.reason == "Unschedulable" for c in conditions)
 
 
-def test_service_account_gets_a_token_that_authenticates(api_client: client.ApiClient, namespace: str,
-                                                         kubeconfig: Path) -> None:
+def test_service_account_gets_a_token_that_authenticates(
+    api_client: client.ApiClient, namespace: str, kubeconfig: Path
+) -> None:
     core = client.CoreV1Api(api_client)
-    eventually(lambda: _exists(lambda: core.read_namespaced_service_account("default", namespace)),
-               what="default ServiceAccount created by the controller-manager")
-    eventually(lambda: _exists(lambda: core.read_namespaced_config_map("kube-root-ca.crt", namespace)),
-               what="kube-root-ca.crt published")
-    core.create_namespaced_service_account(namespace, client.V1ServiceAccount(
-        metadata=client.V1ObjectMeta(name="trainer")))
-    request = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(
-        audiences=[], expiration_seconds=600))
+    eventually(
+        lambda: _exists(lambda: core.read_namespaced_service_account("default", namespace)),
+        what="default ServiceAccount created by the controller-manager",
+    )
+    eventually(
+        lambda: _exists(lambda: core.read_namespaced_config_map("kube-root-ca.crt", namespace)),
+        what="kube-root-ca.crt published",
+    )
+    core.create_namespaced_service_account(
+        namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name="trainer"))
+    )
+    request = client.AuthenticationV1TokenRequest(
+        spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=600)
+    )
     token = core.create_namespaced_service_account_token("trainer", namespace, request).status.token
     assert token.count(".") == 2  # a signed JWT
 
     review = client.AuthenticationV1Api(api_client).create_token_review(
-        client.V1TokenReview(spec=client.V1TokenReviewSpec(token=token)))
+        client.V1TokenReview(spec=client.V1TokenReviewSpec(token=token))
+    )
     assert review.status.authenticated
     assert review.status.user.username == f"system:serviceaccount:{namespace}:trainer"
 
@@ -187,24 +235,42 @@ def _exists(read: Callable[[], object]) -> bool:
     return True
 
 
-def test_rbac_denies_a_user_without_a_role_until_granted(kubectl_bin: Path, kubeconfig: Path,
-                                                         api_client: client.ApiClient, namespace: str) -> None:
+def test_rbac_denies_a_user_without_a_role_until_granted(
+    kubectl_bin: Path, kubeconfig: Path, api_client: client.ApiClient, namespace: str
+) -> None:
     denied = kubectl(kubectl_bin, kubeconfig, "get", "pods", "-n", namespace, "--as=jane", check=False)
     assert denied.returncode != 0
     assert "forbidden" in denied.stderr.lower()
     assert 'User "jane" cannot list resource "pods"' in denied.stderr
 
     rbac = client.RbacAuthorizationV1Api(api_client)
-    rbac.create_namespaced_role(namespace, client.V1Role(
-        metadata=client.V1ObjectMeta(name="pod-reader"),
-        rules=[client.V1PolicyRule(api_groups=[""], resources=["pods"], verbs=["get", "list"])]))
-    rbac.create_namespaced_role_binding(namespace, client.V1RoleBinding(
-        metadata=client.V1ObjectMeta(name="jane-reads-pods"),
-        role_ref=client.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="Role", name="pod-reader"),
-        subjects=[client.RbacV1Subject(api_group="rbac.authorization.k8s.io", kind="User", name="jane")]))
+    rbac.create_namespaced_role(
+        namespace,
+        client.V1Role(
+            metadata=client.V1ObjectMeta(name="pod-reader"),
+            rules=[client.V1PolicyRule(api_groups=[""], resources=["pods"], verbs=["get", "list"])],
+        ),
+    )
+    rbac.create_namespaced_role_binding(
+        namespace,
+        client.V1RoleBinding(
+            metadata=client.V1ObjectMeta(name="jane-reads-pods"),
+            role_ref=client.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="Role", name="pod-reader"),
+            subjects=[client.RbacV1Subject(api_group="rbac.authorization.k8s.io", kind="User", name="jane")],
+        ),
+    )
 
-    eventually(lambda: kubectl(kubectl_bin, kubeconfig, "get", "pods", "-n", namespace, "--as=jane",
-                               check=False).returncode == 0, timeout=30, what="jane allowed after the binding")
-    still_denied = kubectl(kubectl_bin, kubeconfig, "delete", "pod", "anything", "-n", namespace, "--as=jane",
-                           check=False)
+    eventually(
+        lambda: (
+            kubectl(
+                kubectl_bin, kubeconfig, "get", "pods", "-n", namespace, "--as=jane", check=False
+            ).returncode
+            == 0
+        ),
+        timeout=30,
+        what="jane allowed after the binding",
+    )
+    still_denied = kubectl(
+        kubectl_bin, kubeconfig, "delete", "pod", "anything", "-n", namespace, "--as=jane", check=False
+    )
     assert still_denied.returncode != 0 and "forbidden" in still_denied.stderr.lower()

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import psutil
 import pytest
-from kube import apply, container_state, eventually, is_ready, pod
 from kubernetes import client
 
+from kube import apply, container_state, eventually, is_ready, pod
 from mlplatform.local import cluster
 from mlplatform.local.config import LocalConfig, StateLayout
 from mlplatform.local.processes import ProcessTable
@@ -27,15 +27,30 @@ def _needs_node(local_cluster: LocalConfig) -> None:
         pytest.skip("the local node needs root")
 
 
-SERVER = "import http.server; http.server.ThreadingHTTPServer(('', 8080), http.server.SimpleHTTPRequestHandler)" \
-         ".serve_forever()"
+SERVER = (
+    "import http.server; http.server.ThreadingHTTPServer(('', 8080), http.server.SimpleHTTPRequestHandler)"
+    ".serve_forever()"
+)
 
 
 def server_pod(name: str, marker: str) -> dict[str, object]:
     """A small HTTP server whose command line carries `marker`, to find its process."""
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": {"containers": [{
-        "name": "main", "image": "python:3.11", "command": ["python3", "-c", SERVER, marker],
-        "ports": [{"containerPort": 8080}], "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}}]}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "containers": [
+                {
+                    "name": "main",
+                    "image": "python:3.11",
+                    "command": ["python3", "-c", SERVER, marker],
+                    "ports": [{"containerPort": 8080}],
+                    "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1},
+                }
+            ]
+        },
+    }
 
 
 def with_marker(marker: str) -> list[int]:
@@ -50,31 +65,67 @@ def kill_agent(config: LocalConfig) -> None:
     agent.wait(10)
 
 
-def test_agent_crash_loses_no_pod_and_duplicates_none(local_cluster: LocalConfig, api_client: client.ApiClient,
-                                                      namespace: str, kubectl_bin: Path, kubeconfig: Path) -> None:
+def test_agent_crash_loses_no_pod_and_duplicates_none(
+    local_cluster: LocalConfig,
+    api_client: client.ApiClient,
+    namespace: str,
+    kubectl_bin: Path,
+    kubeconfig: Path,
+) -> None:
     core = client.CoreV1Api(api_client)
     marker, brief_marker = f"marker-{uuid.uuid4().hex}", f"marker-{uuid.uuid4().hex}"
-    apply(kubectl_bin, kubeconfig, namespace, {
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "brief"},
-        "spec": {"restartPolicy": "Never", "containers": [{
-            "name": "main", "image": "python:3.11",
-            "command": ["python3", "-c", "import time; time.sleep(8)", brief_marker]}]}})
+    apply(
+        kubectl_bin,
+        kubeconfig,
+        namespace,
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "brief"},
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [
+                    {
+                        "name": "main",
+                        "image": "python:3.11",
+                        "command": ["python3", "-c", "import time; time.sleep(8)", brief_marker],
+                    }
+                ],
+            },
+        },
+    )
     eventually(lambda: pod(core, namespace, "brief").status.phase == "Running", what="brief running")
     apply(kubectl_bin, kubeconfig, namespace, server_pod("steady", marker))
-    steady = eventually(lambda: (p := pod(core, namespace, "steady")) and is_ready(p) and p, what="steady Ready")
+    steady = eventually(
+        lambda: (p := pod(core, namespace, "steady")) and is_ready(p) and p, what="steady Ready"
+    )
     [pid] = with_marker(marker)
 
     kill_agent(local_cluster)
-    apply(kubectl_bin, kubeconfig, namespace, {  # created while the node agent is down
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "latecomer"},
-        "spec": {"restartPolicy": "Never", "containers": [{
-            "name": "main", "image": "python:3.11", "command": ["python3", "-c", "print('late')"]}]}})
+    apply(
+        kubectl_bin,
+        kubeconfig,
+        namespace,
+        {  # created while the node agent is down
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "latecomer"},
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [
+                    {"name": "main", "image": "python:3.11", "command": ["python3", "-c", "print('late')"]}
+                ],
+            },
+        },
+    )
     # "brief" ends while no agent watches it: its shim alone records the exit.
     eventually(lambda: not with_marker(brief_marker), timeout=20, what="brief's process exits")
     assert pod(core, namespace, "brief").status.phase == "Running"  # nobody reported it yet
     cluster.up(local_cluster)
 
-    eventually(lambda: pod(core, namespace, "brief").status.phase == "Succeeded", what="brief's exit reported")
+    eventually(
+        lambda: pod(core, namespace, "brief").status.phase == "Succeeded", what="brief's exit reported"
+    )
     assert container_state(pod(core, namespace, "brief")).terminated.exit_code == 0
     eventually(lambda: pod(core, namespace, "latecomer").status.phase == "Succeeded", what="latecomer ran")
     after = pod(core, namespace, "steady")
@@ -106,7 +157,11 @@ def ours(config: LocalConfig) -> list[str]:
 
 
 def test_down_leaves_no_process_namespace_bridge_or_rule_and_up_restores(
-    local_cluster: LocalConfig, api_client: client.ApiClient, namespace: str, kubectl_bin: Path, kubeconfig: Path
+    local_cluster: LocalConfig,
+    api_client: client.ApiClient,
+    namespace: str,
+    kubectl_bin: Path,
+    kubeconfig: Path,
 ) -> None:
     core = client.CoreV1Api(api_client)
     marker = f"marker-{uuid.uuid4().hex}"

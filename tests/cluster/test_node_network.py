@@ -8,9 +8,9 @@ from pathlib import Path
 
 import psutil
 import pytest
-from kube import apply, eventually, is_ready, kubectl, pod, pods_of
 from kubernetes import client
 
+from kube import apply, eventually, is_ready, kubectl, pod, pods_of
 from mlplatform.local.config import LocalConfig
 
 pytestmark = pytest.mark.cluster
@@ -35,16 +35,40 @@ def _needs_node(local_cluster: LocalConfig) -> None:
 def web(name: str, replicas: int, marker: str, **container: object) -> list[dict[str, object]]:
     labels = {"app": name}
     return [
-        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
-         "spec": {"replicas": replicas, "selector": {"matchLabels": labels}, "template": {
-             "metadata": {"labels": labels},
-             "spec": {"terminationGracePeriodSeconds": 5, "containers": [{
-                 "name": "http", "image": "python:3.11", "command": ["python3", "-c", HTTP_SERVER, marker],
-                 "ports": [{"containerPort": 8080, "name": "http"}],
-                 "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
-                 **container}]}}}},
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
-         "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": "http"}]}},
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "terminationGracePeriodSeconds": 5,
+                        "containers": [
+                            {
+                                "name": "http",
+                                "image": "python:3.11",
+                                "command": ["python3", "-c", HTTP_SERVER, marker],
+                                "ports": [{"containerPort": 8080, "name": "http"}],
+                                "readinessProbe": {
+                                    "httpGet": {"path": "/", "port": "http"},
+                                    "periodSeconds": 1,
+                                },
+                                **container,
+                            }
+                        ],
+                    },
+                },
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name},
+            "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": "http"}]},
+        },
     ]
 
 
@@ -56,7 +80,9 @@ def processes_with(marker: str) -> list[psutil.Process]:
     return found
 
 
-def apply_all(kubectl_bin: Path, kubeconfig: Path, namespace: str, manifests: list[dict[str, object]]) -> None:
+def apply_all(
+    kubectl_bin: Path, kubeconfig: Path, namespace: str, manifests: list[dict[str, object]]
+) -> None:
     apply(kubectl_bin, kubeconfig, namespace, {"apiVersion": "v1", "kind": "List", "items": manifests})
 
 
@@ -66,22 +92,44 @@ def test_replicas_share_a_port_services_route_by_dns_and_scale_to_zero_stops_the
     marker = f"marker-{uuid.uuid4().hex}"
     apply_all(kubectl_bin, kubeconfig, namespace, web("web", 2, marker))
     core, apps = client.CoreV1Api(api_client), client.AppsV1Api(api_client)
-    replicas = eventually(lambda: [p for p in pods_of(core, namespace, "app=web") if is_ready(p)] if len(
-        [p for p in pods_of(core, namespace, "app=web") if is_ready(p)]) == 2 else None, what="2 ready replicas")
+    replicas = eventually(
+        lambda: (
+            [p for p in pods_of(core, namespace, "app=web") if is_ready(p)]
+            if len([p for p in pods_of(core, namespace, "app=web") if is_ready(p)]) == 2
+            else None
+        ),
+        what="2 ready replicas",
+    )
     addresses = {p.status.pod_ip for p in replicas}
     assert len(addresses) == 2 and all(a.startswith("10.244.") for a in addresses)
     assert len(processes_with(marker)) == 2
 
     names = ["web", f"web.{namespace}", f"web.{namespace}.svc.cluster.local"]
-    script = ("import socket, urllib.request\n"
-              f"for name in {names!r}:\n"
-              "    answer = urllib.request.urlopen(f'http://{name}/', timeout=5).read().decode().strip()\n"
-              "    print(name, socket.gethostbyname(name), answer)\n")
-    apply(kubectl_bin, kubeconfig, namespace, {
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "client"},
-        "spec": {"restartPolicy": "Never", "containers": [{"name": "main", "image": "python:3.11",
-                                                           "command": ["python3", "-c", script]}]}})
-    eventually(lambda: pod(core, namespace, "client").status.phase in ("Succeeded", "Failed"), what="client done")
+    script = (
+        "import socket, urllib.request\n"
+        f"for name in {names!r}:\n"
+        "    answer = urllib.request.urlopen(f'http://{name}/', timeout=5).read().decode().strip()\n"
+        "    print(name, socket.gethostbyname(name), answer)\n"
+    )
+    apply(
+        kubectl_bin,
+        kubeconfig,
+        namespace,
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "client"},
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [
+                    {"name": "main", "image": "python:3.11", "command": ["python3", "-c", script]}
+                ],
+            },
+        },
+    )
+    eventually(
+        lambda: pod(core, namespace, "client").status.phase in ("Succeeded", "Failed"), what="client done"
+    )
     logs = kubectl(kubectl_bin, kubeconfig, "logs", "-n", namespace, "client").stdout
     service_ip = core.read_namespaced_service("web", namespace).spec.cluster_ip
     replica_names = {p.metadata.name for p in replicas}
@@ -101,26 +149,44 @@ def test_readiness_gates_endpoints_and_liveness_restarts_the_container(
     api_client: client.ApiClient, namespace: str, kubectl_bin: Path, kubeconfig: Path
 ) -> None:
     marker = f"marker-{uuid.uuid4().hex}"
-    manifests = web("flaky", 1, marker, livenessProbe={
-        "exec": {"command": ["python3", "-c", "import os; raise SystemExit(os.path.exists('/tmp/broken'))"]},
-        "periodSeconds": 1, "failureThreshold": 2})
+    manifests = web(
+        "flaky",
+        1,
+        marker,
+        livenessProbe={
+            "exec": {
+                "command": ["python3", "-c", "import os; raise SystemExit(os.path.exists('/tmp/broken'))"]
+            },
+            "periodSeconds": 1,
+            "failureThreshold": 2,
+        },
+    )
     apply_all(kubectl_bin, kubeconfig, namespace, manifests)
     core = client.CoreV1Api(api_client)
     discovery = client.DiscoveryV1Api(api_client)
-    [first] = eventually(lambda: [p for p in pods_of(core, namespace, "app=flaky") if is_ready(p)],
-                         what="ready replica")
+    [first] = eventually(
+        lambda: [p for p in pods_of(core, namespace, "app=flaky") if is_ready(p)], what="ready replica"
+    )
 
     def endpoints_ready() -> list[str]:
-        slices = discovery.list_namespaced_endpoint_slice(namespace, label_selector="kubernetes.io/service-name=flaky")
+        slices = discovery.list_namespaced_endpoint_slice(
+            namespace, label_selector="kubernetes.io/service-name=flaky"
+        )
         return [a for s in slices.items for e in s.endpoints or [] if e.conditions.ready for a in e.addresses]
 
     assert eventually(endpoints_ready, what="endpoint ready") == [first.status.pod_ip]
     [process] = processes_with(marker)
-    # Break liveness inside the container (through its own root): the node restarts the container, not the pod.
+    # Break liveness inside the container (through its root): the node restarts the container, not the pod.
     (Path("/proc", str(process.pid), "root") / "tmp" / "broken").write_text("")
     restarted = eventually(
-        lambda: (p := pod(core, namespace, first.metadata.name)) and p.status.container_statuses[0].restart_count >= 1
-        and p, timeout=30, what="liveness restart")
+        lambda: (
+            (p := pod(core, namespace, first.metadata.name))
+            and p.status.container_statuses[0].restart_count >= 1
+            and p
+        ),
+        timeout=30,
+        what="liveness restart",
+    )
     assert restarted.metadata.uid == first.metadata.uid
     last = restarted.status.container_statuses[0].last_state.terminated
     assert last is not None and last.exit_code in (137, 143)

@@ -7,9 +7,9 @@ import base64
 from pathlib import Path
 
 import pytest
-from kube import apply, container_state, eventually, kubectl, pod, pods_of
 from kubernetes import client
 
+from kube import apply, container_state, eventually, kubectl, pod, pods_of
 from mlplatform.local.config import LocalConfig
 
 pytestmark = pytest.mark.cluster
@@ -23,10 +23,19 @@ def _needs_node(local_cluster: LocalConfig) -> None:
 
 def job(name: str, command: list[str], image: str = "python:3.11-slim", **spec: object) -> dict[str, object]:
     return {
-        "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
-        "spec": {"backoffLimit": 0, **spec, "template": {"spec": {
-            "restartPolicy": "Never",
-            "containers": [{"name": "main", "image": image, "command": command}]}}},
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name},
+        "spec": {
+            "backoffLimit": 0,
+            **spec,
+            "template": {
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [{"name": "main", "image": image, "command": command}],
+                }
+            },
+        },
     }
 
 
@@ -39,7 +48,9 @@ def job_condition(batch: client.BatchV1Api, namespace: str, name: str) -> str | 
 def test_job_runs_python_and_completes_and_its_logs_are_served(
     api_client: client.ApiClient, namespace: str, kubectl_bin: Path, kubeconfig: Path
 ) -> None:
-    script = "import socket, sys; print('trained on', socket.gethostname()); print('to stderr', file=sys.stderr)"
+    script = (
+        "import socket, sys; print('trained on', socket.gethostname()); print('to stderr', file=sys.stderr)"
+    )
     apply(kubectl_bin, kubeconfig, namespace, job("hello", ["python3", "-c", script]))
     batch, core = client.BatchV1Api(api_client), client.CoreV1Api(api_client)
     assert eventually(lambda: job_condition(batch, namespace, "hello"), what="job finished") == "Complete"
@@ -51,13 +62,26 @@ def test_job_runs_python_and_completes_and_its_logs_are_served(
     logs = kubectl(kubectl_bin, kubeconfig, "logs", "-n", namespace, finished.metadata.name).stdout
     assert f"trained on {finished.metadata.name}" in logs
     assert "to stderr" in logs
-    tail = kubectl(kubectl_bin, kubeconfig, "logs", "-n", namespace, finished.metadata.name, "--tail=1",
-                   "--timestamps").stdout.strip().splitlines()
+    tail = (
+        kubectl(
+            kubectl_bin,
+            kubeconfig,
+            "logs",
+            "-n",
+            namespace,
+            finished.metadata.name,
+            "--tail=1",
+            "--timestamps",
+        )
+        .stdout.strip()
+        .splitlines()
+    )
     assert len(tail) == 1 and tail[0].split(" ", 1)[0].endswith("Z")
 
 
-def test_job_exiting_3_fails_with_exit_code_3(api_client: client.ApiClient, namespace: str, kubectl_bin: Path,
-                                              kubeconfig: Path) -> None:
+def test_job_exiting_3_fails_with_exit_code_3(
+    api_client: client.ApiClient, namespace: str, kubectl_bin: Path, kubeconfig: Path
+) -> None:
     apply(kubectl_bin, kubeconfig, namespace, job("broken", ["python3", "-c", "raise SystemExit(3)"]))
     batch, core = client.BatchV1Api(api_client), client.CoreV1Api(api_client)
     assert eventually(lambda: job_condition(batch, namespace, "broken"), what="job finished") == "Failed"
@@ -67,63 +91,113 @@ def test_job_exiting_3_fails_with_exit_code_3(api_client: client.ApiClient, name
     assert failed.status.phase == "Failed"
 
 
-def test_job_with_unknown_image_fails_with_an_image_error(api_client: client.ApiClient, namespace: str,
-                                                          kubectl_bin: Path, kubeconfig: Path) -> None:
-    manifest = job("ghost", ["train"], image="registry.example/nobody/no-such-image:1", activeDeadlineSeconds=15)
+def test_job_with_unknown_image_fails_with_an_image_error(
+    api_client: client.ApiClient, namespace: str, kubectl_bin: Path, kubeconfig: Path
+) -> None:
+    manifest = job(
+        "ghost", ["train"], image="registry.example/nobody/no-such-image:1", activeDeadlineSeconds=15
+    )
     apply(kubectl_bin, kubeconfig, namespace, manifest)
     core, batch = client.CoreV1Api(api_client), client.BatchV1Api(api_client)
 
     def waiting() -> client.V1ContainerStateWaiting | None:
         pods = pods_of(core, namespace, "job-name=ghost")
         state = container_state(pods[0]) if pods else None
-        return state.waiting if state and state.waiting and state.waiting.reason in (
-            "ErrImagePull", "ImagePullBackOff") else None
+        return (
+            state.waiting
+            if state and state.waiting and state.waiting.reason in ("ErrImagePull", "ImagePullBackOff")
+            else None
+        )
 
     state = eventually(waiting, what="an image pull error")
     assert "registry.example/nobody/no-such-image:1" in state.message
-    assert eventually(lambda: job_condition(batch, namespace, "ghost"), timeout=60, what="job failed") == "Failed"
+    assert (
+        eventually(lambda: job_condition(batch, namespace, "ghost"), timeout=60, what="job failed")
+        == "Failed"
+    )
 
 
 def test_configmap_and_secret_reach_the_process_as_files_and_env(
     api_client: client.ApiClient, namespace: str, kubectl_bin: Path, kubeconfig: Path
 ) -> None:
     core = client.CoreV1Api(api_client)
-    core.create_namespaced_config_map(namespace, client.V1ConfigMap(
-        metadata=client.V1ObjectMeta(name="settings"), data={"mode": "fast", "nested.conf": "a=1\n"}))
-    core.create_namespaced_secret(namespace, client.V1Secret(
-        metadata=client.V1ObjectMeta(name="creds"), data={"password": base64.b64encode(b"s3cr3t").decode()}))
-    script = (
-        "import os, pathlib\n"
-        "print('env', os.environ['MODE'], os.environ['PASSWORD'], os.environ['POD'], os.environ['GREETING'])\n"
-        "print('files', pathlib.Path('/etc/settings/mode').read_text(), pathlib.Path('/etc/settings/conf/a.conf')"
-        ".read_text().strip(), pathlib.Path('/etc/creds/password').read_text(),"
-        " oct(pathlib.Path('/etc/creds/password').stat().st_mode & 0o777))\n"
-        "print('workdir', os.getcwd())\n"
+    core.create_namespaced_config_map(
+        namespace,
+        client.V1ConfigMap(
+            metadata=client.V1ObjectMeta(name="settings"), data={"mode": "fast", "nested.conf": "a=1\n"}
+        ),
     )
-    apply(kubectl_bin, kubeconfig, namespace, {
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "reader"},
-        "spec": {
-            "restartPolicy": "Never",
-            "containers": [{
-                "name": "main", "image": "python:3.11", "command": ["python3", "-c", script], "workingDir": "/work/dir",
-                "env": [
-                    {"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "mode"}}},
-                    {"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "password"}}},
-                    {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-                    {"name": "GREETING", "value": "hello-$(POD)"},
+    core.create_namespaced_secret(
+        namespace,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name="creds"),
+            data={"password": base64.b64encode(b"s3cr3t").decode()},
+        ),
+    )
+    script = """
+import os, pathlib
+env = os.environ
+print('env', env['MODE'], env['PASSWORD'], env['POD'], env['GREETING'])
+secret = pathlib.Path('/etc/creds/password')
+nested = pathlib.Path('/etc/settings/conf/a.conf').read_text().strip()
+mode = pathlib.Path('/etc/settings/mode').read_text()
+print('files', mode, nested, secret.read_text(), oct(secret.stat().st_mode & 0o777))
+print('workdir', os.getcwd())
+"""
+    apply(
+        kubectl_bin,
+        kubeconfig,
+        namespace,
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "reader"},
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [
+                    {
+                        "name": "main",
+                        "image": "python:3.11",
+                        "command": ["python3", "-c", script],
+                        "workingDir": "/work/dir",
+                        "env": [
+                            {
+                                "name": "MODE",
+                                "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "mode"}},
+                            },
+                            {
+                                "name": "PASSWORD",
+                                "valueFrom": {"secretKeyRef": {"name": "creds", "key": "password"}},
+                            },
+                            {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                            {"name": "GREETING", "value": "hello-$(POD)"},
+                        ],
+                        "volumeMounts": [
+                            {"name": "settings", "mountPath": "/etc/settings"},
+                            {"name": "creds", "mountPath": "/etc/creds"},
+                        ],
+                    }
                 ],
-                "volumeMounts": [{"name": "settings", "mountPath": "/etc/settings"},
-                                 {"name": "creds", "mountPath": "/etc/creds"}],
-            }],
-            "volumes": [
-                {"name": "settings", "configMap": {"name": "settings", "items": [
-                    {"key": "mode", "path": "mode"}, {"key": "nested.conf", "path": "conf/a.conf"}]}},
-                {"name": "creds", "secret": {"secretName": "creds", "defaultMode": 0o400}},
-            ],
+                "volumes": [
+                    {
+                        "name": "settings",
+                        "configMap": {
+                            "name": "settings",
+                            "items": [
+                                {"key": "mode", "path": "mode"},
+                                {"key": "nested.conf", "path": "conf/a.conf"},
+                            ],
+                        },
+                    },
+                    {"name": "creds", "secret": {"secretName": "creds", "defaultMode": 0o400}},
+                ],
+            },
         },
-    })
-    eventually(lambda: (p := pod(core, namespace, "reader")) and p.status.phase in ("Succeeded", "Failed"),
-               what="reader finished")
+    )
+    eventually(
+        lambda: (p := pod(core, namespace, "reader")) and p.status.phase in ("Succeeded", "Failed"),
+        what="reader finished",
+    )
     logs = kubectl(kubectl_bin, kubeconfig, "logs", "-n", namespace, "reader").stdout
     assert "env fast s3cr3t reader hello-reader" in logs
     assert "files fast a=1 s3cr3t 0o400" in logs
@@ -131,27 +205,56 @@ def test_configmap_and_secret_reach_the_process_as_files_and_env(
     assert pod(core, namespace, "reader").status.phase == "Succeeded"
 
 
-def test_missing_secret_holds_the_container_until_it_exists(api_client: client.ApiClient, namespace: str,
-                                                             kubectl_bin: Path, kubeconfig: Path) -> None:
+def test_missing_secret_holds_the_container_until_it_exists(
+    api_client: client.ApiClient, namespace: str, kubectl_bin: Path, kubeconfig: Path
+) -> None:
     core = client.CoreV1Api(api_client)
-    apply(kubectl_bin, kubeconfig, namespace, {
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "patient"},
-        "spec": {"restartPolicy": "Never", "containers": [{
-            "name": "main", "image": "python:3.11", "command": ["python3", "-c", "import os; print(os.environ['TOKEN'])"],
-            "env": [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "later", "key": "token"}}}]}]},
-    })
+    apply(
+        kubectl_bin,
+        kubeconfig,
+        namespace,
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "patient"},
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [
+                    {
+                        "name": "main",
+                        "image": "python:3.11",
+                        "command": ["python3", "-c", "import os; print(os.environ['TOKEN'])"],
+                        "env": [
+                            {
+                                "name": "TOKEN",
+                                "valueFrom": {"secretKeyRef": {"name": "later", "key": "token"}},
+                            }
+                        ],
+                    }
+                ],
+            },
+        },
+    )
 
     def config_error() -> client.V1ContainerStateWaiting | None:
         state = container_state(pod(core, namespace, "patient"))
-        return state.waiting if state and state.waiting and state.waiting.reason == "CreateContainerConfigError" \
+        return (
+            state.waiting
+            if state and state.waiting and state.waiting.reason == "CreateContainerConfigError"
             else None
+        )
 
     waiting = eventually(config_error, what="CreateContainerConfigError")
     assert waiting.message == 'secret "later" not found'
     assert pod(core, namespace, "patient").status.phase == "Pending"
 
-    core.create_namespaced_secret(namespace, client.V1Secret(
-        metadata=client.V1ObjectMeta(name="later"), string_data={"token": "arrived"}))
-    eventually(lambda: pod(core, namespace, "patient").status.phase == "Succeeded", timeout=60,
-               what="the pod ran once the Secret existed")
+    core.create_namespaced_secret(
+        namespace,
+        client.V1Secret(metadata=client.V1ObjectMeta(name="later"), string_data={"token": "arrived"}),
+    )
+    eventually(
+        lambda: pod(core, namespace, "patient").status.phase == "Succeeded",
+        timeout=60,
+        what="the pod ran once the Secret existed",
+    )
     assert kubectl(kubectl_bin, kubeconfig, "logs", "-n", namespace, "patient").stdout.strip() == "arrived"

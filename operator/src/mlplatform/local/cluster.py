@@ -45,8 +45,10 @@ def _merged(requested: LocalConfig, saved: LocalConfig) -> LocalConfig:
     """
     merged = replace(saved, stack=saved.stack or requested.stack)
     if replace(requested, state_dir=saved.state_dir, cache_dir=saved.cache_dir, stack=merged.stack) != merged:
-        raise LocalError(f"the cluster in {saved.state_dir} was created with other settings; "
-                         "run `mlplatform local down` first to change them")
+        raise LocalError(
+            f"the cluster in {saved.state_dir} was created with other settings; "
+            "run `mlplatform local down` first to change them"
+        )
     return merged
 
 
@@ -126,7 +128,9 @@ def down(state_dir_config: LocalConfig, keep_state: bool = False, log: Log = pri
 def _cached_binaries(config: LocalConfig) -> dict[str, Path]:
     """The binaries a teardown may need (kube-proxy cleans its rules), without building anything."""
     names = {name for part in platform_parts(config) for name in part.binaries(config)}
-    return {name: path for name in names if (path := cached_binary(BINARIES[name], config.cache_dir)[0]).exists()}
+    return {
+        name: path for name in names if (path := cached_binary(BINARIES[name], config.cache_dir)[0]).exists()
+    }
 
 
 @dataclass(frozen=True)

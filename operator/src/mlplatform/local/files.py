@@ -24,6 +24,6 @@ def write_if_changed(path: Path, content: str | bytes, mode: int = 0o644) -> boo
     descriptor = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(descriptor, "wb") as handle:
         handle.write(data)
-    os.chmod(staged, mode)
+    staged.chmod(mode)
     staged.replace(path)
     return True

@@ -109,8 +109,15 @@ def kube_chain_cleanup(saved_rules: str, prefix: str = "KUBE-") -> str:
 
     def close() -> None:
         if table and (chains or deletions):
-            script.extend([f"*{table}", *deletions, *(f"-F {c}" for c in chains), *(f"-X {c}" for c in chains),
-                           "COMMIT"])
+            script.extend(
+                [
+                    f"*{table}",
+                    *deletions,
+                    *(f"-F {c}" for c in chains),
+                    *(f"-X {c}" for c in chains),
+                    "COMMIT",
+                ]
+            )
 
     for line in saved_rules.splitlines():
         if line.startswith("*"):
@@ -128,8 +135,9 @@ def remove_kube_chains() -> None:
     """Remove what kube-proxy's own cleanup leaves behind (its canaries and firewall chains)."""
     script = kube_chain_cleanup(_run(["iptables-save"]).stdout)
     if script:
-        result = subprocess.run(["iptables-restore", "--noflush"], input=script, capture_output=True, text=True,
-                                check=False)
+        result = subprocess.run(
+            ["iptables-restore", "--noflush"], input=script, capture_output=True, text=True, check=False
+        )
         if result.returncode != 0:
             raise LocalError(f"removing kube-proxy's iptables chains failed: {result.stderr.strip()}")
 
@@ -139,8 +147,10 @@ def check_no_foreign_kube_proxy(layout: StateLayout) -> None:
     if saved_sysctls(layout).exists():
         return  # ours, from an earlier `up` of this cluster
     if ":KUBE-SERVICES" in _run(["iptables-save", "-t", "nat"]).stdout:
-        raise LocalError("this machine already runs a kube-proxy (iptables has KUBE-SERVICES): the local node "
-                         "cannot share it; run `mlplatform local down` for a leftover local cluster, or use --no-node")
+        raise LocalError(
+            "this machine already runs a kube-proxy (iptables has KUBE-SERVICES): the local node "
+            "cannot share it; run `mlplatform local down` for a leftover local cluster, or use --no-node"
+        )
 
 
 def _sysctl_path(key: str) -> Path:
@@ -150,8 +160,9 @@ def _sysctl_path(key: str) -> Path:
 def set_sysctls(saved: Path) -> None:
     """Set what a node needs, remembering the machine's values (once) to restore them later."""
     if not saved.exists():
-        saved.write_text(json.dumps({k: _sysctl_path(k).read_text().strip() for k in SYSCTLS
-                                     if _sysctl_path(k).exists()}))
+        saved.write_text(
+            json.dumps({k: _sysctl_path(k).read_text().strip() for k in SYSCTLS if _sysctl_path(k).exists()})
+        )
     for key, value in SYSCTLS.items():
         if not _sysctl_path(key).exists():
             raise LocalError(f"/proc/sys/{key} is missing: the kernel lacks {key.split('/')[1]} support")

@@ -27,7 +27,7 @@ from mlplatform.local.config import LocalConfig, StateLayout
 from mlplatform.local.gobuild import BINARIES
 from mlplatform.local.images import default_image_map
 from mlplatform.local.node import runtime
-from mlplatform.local.node.api import NodeApi, now, rfc3339, retry_forever
+from mlplatform.local.node.api import NodeApi, now, retry_forever, rfc3339
 from mlplatform.local.node.layout import NodeLayout
 from mlplatform.local.node.logserver import LogServer, tls_context
 from mlplatform.local.node.worker import NodeContext, PodWorker
@@ -43,11 +43,18 @@ NODE_LABEL = "mlplatform.dev/local-node"
 
 def machine_capacity(state_dir: Path) -> dict[str, str]:
     """What the machine offers pods: its cores, memory and disk, and a pod count like the kubelet's."""
-    memory_kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                      if line.startswith("MemTotal:"))
+    memory_kib = next(
+        int(line.split()[1])
+        for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemTotal:")
+    )
     disk = shutil.disk_usage(state_dir)
-    return {"cpu": str(os.cpu_count() or 1), "memory": f"{memory_kib}Ki", "pods": str(MAX_PODS),
-            "ephemeral-storage": f"{disk.total // 1024}Ki"}
+    return {
+        "cpu": str(os.cpu_count() or 1),
+        "memory": f"{memory_kib}Ki",
+        "pods": str(MAX_PODS),
+        "ephemeral-storage": f"{disk.total // 1024}Ki",
+    }
 
 
 def node_manifest(config: LocalConfig) -> Manifest:
@@ -55,9 +62,17 @@ def node_manifest(config: LocalConfig) -> Manifest:
     return {
         "apiVersion": "v1",
         "kind": "Node",
-        "metadata": {"name": config.node_name, "labels": {
-            "kubernetes.io/hostname": config.node_name, "kubernetes.io/os": "linux", "kubernetes.io/arch": arch,
-            "beta.kubernetes.io/os": "linux", "beta.kubernetes.io/arch": arch, NODE_LABEL: "true"}},
+        "metadata": {
+            "name": config.node_name,
+            "labels": {
+                "kubernetes.io/hostname": config.node_name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": arch,
+                "beta.kubernetes.io/os": "linux",
+                "beta.kubernetes.io/arch": arch,
+                NODE_LABEL: "true",
+            },
+        },
         "spec": {"podCIDR": config.network.pod_cidr, "podCIDRs": [config.network.pod_cidr]},
     }
 
@@ -67,8 +82,14 @@ def node_status(config: LocalConfig, capacity: dict[str, str]) -> Manifest:
     kubernetes_version = BINARIES["kube-apiserver"].version
 
     def condition(kind: str, ok: bool, reason: str, message: str) -> Manifest:
-        return {"type": kind, "status": "True" if ok else "False", "reason": reason, "message": message,
-                "lastHeartbeatTime": stamp, "lastTransitionTime": stamp}
+        return {
+            "type": kind,
+            "status": "True" if ok else "False",
+            "reason": reason,
+            "message": message,
+            "lastHeartbeatTime": stamp,
+            "lastTransitionTime": stamp,
+        }
 
     uname = platform.uname()
     return {
@@ -77,18 +98,27 @@ def node_status(config: LocalConfig, capacity: dict[str, str]) -> Manifest:
         "conditions": [
             condition("MemoryPressure", False, "KubeletHasSufficientMemory", "kubelet has sufficient memory"),
             condition("DiskPressure", False, "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
-            condition("PIDPressure", False, "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+            condition(
+                "PIDPressure", False, "KubeletHasSufficientPID", "kubelet has sufficient PID available"
+            ),
             condition("Ready", True, "KubeletReady", "mlplatform local node is posting ready status"),
         ],
-        "addresses": [{"type": "InternalIP", "address": config.network.host_address},
-                      {"type": "Hostname", "address": config.node_name}],
+        "addresses": [
+            {"type": "InternalIP", "address": config.network.host_address},
+            {"type": "Hostname", "address": config.node_name},
+        ],
         "daemonEndpoints": {"kubeletEndpoint": {"Port": config.ports.node}},
         "nodeInfo": {
-            "machineID": _read("/etc/machine-id"), "systemUUID": _read("/etc/machine-id"),
-            "bootID": _read("/proc/sys/kernel/random/boot_id"), "kernelVersion": uname.release,
-            "osImage": _os_image(), "containerRuntimeVersion": f"mlplatform-local://{__version__}",
-            "kubeletVersion": kubernetes_version, "kubeProxyVersion": kubernetes_version,
-            "operatingSystem": "linux", "architecture": node_manifest(config)["metadata"]["labels"]["kubernetes.io/arch"],
+            "machineID": _read("/etc/machine-id"),
+            "systemUUID": _read("/etc/machine-id"),
+            "bootID": _read("/proc/sys/kernel/random/boot_id"),
+            "kernelVersion": uname.release,
+            "osImage": _os_image(),
+            "containerRuntimeVersion": f"mlplatform-local://{__version__}",
+            "kubeletVersion": kubernetes_version,
+            "kubeProxyVersion": kubernetes_version,
+            "operatingSystem": "linux",
+            "architecture": node_manifest(config)["metadata"]["labels"]["kubernetes.io/arch"],
         },
     }
 
@@ -158,12 +188,16 @@ class NodeAgent:
 
     async def serve_logs(self, api: NodeApi) -> web.AppRunner:
         pki_dir = self.state.pki
-        context: ssl.SSLContext = tls_context(pki.cert_path(pki_dir, "node-serving"),
-                                              pki.key_path(pki_dir, "node-serving"),
-                                              pki.cert_path(pki_dir, pki.CLUSTER_CA))
+        context: ssl.SSLContext = tls_context(
+            pki.cert_path(pki_dir, "node-serving"),
+            pki.key_path(pki_dir, "node-serving"),
+            pki.cert_path(pki_dir, pki.CLUSTER_CA),
+        )
         runner = web.AppRunner(LogServer(api, self.layout).app(), access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, self.config.network.host_address, self.config.ports.node, ssl_context=context).start()
+        await web.TCPSite(
+            runner, self.config.network.host_address, self.config.ports.node, ssl_context=context
+        ).start()
         return runner
 
     def ensure_worker(self, context: NodeContext, pod: Manifest) -> None:
@@ -195,21 +229,22 @@ class NodeAgent:
                     worker.mark_deleted()
             try:
                 async for kind, pod in api.watch_pods(version):
-                    if kind == "BOOKMARK":
-                        continue
-                    if kind == "DELETED":
-                        if (worker := self.workers.get(pod["metadata"]["uid"])) is not None:
-                            worker.mark_deleted()
-                    elif kind in ("ADDED", "MODIFIED"):
-                        self.ensure_worker(context, pod)
-                    self._forget_finished_workers()
+                    self.on_event(context, kind, pod)
             except ApiException as exc:
-                if exc.status != 410:
+                if exc.status != 410:  # 410: our version expired; relisting is the cure
                     log.warning("pod watch failed: %s", exc)
                     await asyncio.sleep(1)
-            except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 log.warning("pod watch interrupted: %s", exc)
                 await asyncio.sleep(1)
+
+    def on_event(self, context: NodeContext, kind: str, pod: Manifest) -> None:
+        if kind == "DELETED":
+            if (worker := self.workers.get(pod["metadata"]["uid"])) is not None:
+                worker.mark_deleted()
+        elif kind in ("ADDED", "MODIFIED"):
+            self.ensure_worker(context, pod)
+        self._forget_finished_workers()
 
     def _forget_finished_workers(self) -> None:
         for uid, worker in list(self.workers.items()):

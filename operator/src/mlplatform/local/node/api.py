@@ -20,7 +20,8 @@ from kubernetes_asyncio.client.rest import ApiException
 
 Manifest = dict[str, Any]
 log = logging.getLogger(__name__)
-MERGE_PATCH = "application/merge-patch+json"
+# The client is typed for model objects; the node speaks plain dicts, which it serializes as they are.
+MERGE_PATCH: dict[str, Any] = {"_content_type": "application/merge-patch+json"}
 LEASE_NAMESPACE = "kube-node-lease"
 
 
@@ -51,6 +52,10 @@ class NodeApi:
     async def close(self) -> None:
         await self.api_client.close()
 
+    @staticmethod
+    def _body(manifest: Manifest) -> Any:
+        return manifest
+
     def _plain(self, model: object) -> Manifest:
         result: Manifest = self.api_client.sanitize_for_serialization(model)
         return result
@@ -65,10 +70,10 @@ class NodeApi:
             raise
 
     async def create_node(self, node: Manifest) -> Manifest:
-        return self._plain(await self.core.create_node(node))
+        return self._plain(await self.core.create_node(self._body(node)))
 
     async def patch_node_status(self, status: Manifest) -> None:
-        await self.core.patch_node_status(self.node_name, {"status": status}, _content_type=MERGE_PATCH)
+        await self.core.patch_node_status(self.node_name, {"status": status}, **MERGE_PATCH)
 
     async def renew_lease(self, duration_seconds: int, owner_uid: str) -> None:
         body = {
@@ -77,23 +82,30 @@ class NodeApi:
             "metadata": {
                 "name": self.node_name,
                 "namespace": LEASE_NAMESPACE,
-                "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": self.node_name, "uid": owner_uid}],
+                "ownerReferences": [
+                    {"apiVersion": "v1", "kind": "Node", "name": self.node_name, "uid": owner_uid}
+                ],
             },
-            "spec": {"holderIdentity": self.node_name, "leaseDurationSeconds": duration_seconds,
-                     "renewTime": now().strftime("%Y-%m-%dT%H:%M:%S.%fZ")},
+            "spec": {
+                "holderIdentity": self.node_name,
+                "leaseDurationSeconds": duration_seconds,
+                "renewTime": now().strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            },
         }
         try:
-            await self.coordination.patch_namespaced_lease(self.node_name, LEASE_NAMESPACE, {"spec": body["spec"]},
-                                                           _content_type=MERGE_PATCH)
+            await self.coordination.patch_namespaced_lease(
+                self.node_name, LEASE_NAMESPACE, {"spec": body["spec"]}, **MERGE_PATCH
+            )
         except ApiException as exc:
             if exc.status != 404:
                 raise
-            await self.coordination.create_namespaced_lease(LEASE_NAMESPACE, body)
+            await self.coordination.create_namespaced_lease(LEASE_NAMESPACE, self._body(body))
 
     # --- pods -----------------------------------------------------------------------------------
     async def list_pods(self) -> tuple[list[Manifest], str]:
-        listing = self._plain(await self.core.list_pod_for_all_namespaces(
-            field_selector=f"spec.nodeName={self.node_name}"))
+        listing = self._plain(
+            await self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={self.node_name}")
+        )
         return listing.get("items") or [], listing["metadata"]["resourceVersion"]
 
     async def watch_pods(self, resource_version: str) -> AsyncIterator[tuple[str, Manifest]]:
@@ -101,8 +113,11 @@ class NodeApi:
         stream = watch.Watch()
         async with stream:
             async for event in stream.stream(
-                self.core.list_pod_for_all_namespaces, field_selector=f"spec.nodeName={self.node_name}",
-                resource_version=resource_version, allow_watch_bookmarks=True, timeout_seconds=300,
+                self.core.list_pod_for_all_namespaces,
+                field_selector=f"spec.nodeName={self.node_name}",
+                resource_version=resource_version,
+                allow_watch_bookmarks=True,
+                timeout_seconds=300,
             ):
                 yield event["type"], event["raw_object"]
 
@@ -115,8 +130,9 @@ class NodeApi:
             raise
 
     async def patch_pod_status(self, namespace: str, name: str, status: Manifest) -> Manifest:
-        return self._plain(await self.core.patch_namespaced_pod_status(name, namespace, {"status": status},
-                                                                       _content_type=MERGE_PATCH))
+        return self._plain(
+            await self.core.patch_namespaced_pod_status(name, namespace, {"status": status}, **MERGE_PATCH)
+        )
 
     async def delete_pod(self, namespace: str, name: str, uid: str) -> None:
         """Remove a terminated pod's object for good (the node's last word on a pod)."""
@@ -152,18 +168,32 @@ class NodeApi:
         listing = self._plain(await self.core.list_namespaced_service(namespace))
         return listing.get("items") or []
 
-    async def service_account_token(self, pod: Manifest, audience: str, expiration_seconds: int) -> tuple[str, float]:
+    async def service_account_token(
+        self, pod: Manifest, audience: str, expiration_seconds: int
+    ) -> tuple[str, float]:
         """A token for the pod's service account, bound to the pod; returns it with its expiry (epoch)."""
         metadata = pod["metadata"]
-        spec: Manifest = {"expirationSeconds": expiration_seconds,
-                          "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": metadata["name"],
-                                             "uid": metadata["uid"]}}
+        spec: Manifest = {
+            "expirationSeconds": expiration_seconds,
+            "boundObjectRef": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "name": metadata["name"],
+                "uid": metadata["uid"],
+            },
+        }
         if audience:
             spec["audiences"] = [audience]
-        result = self._plain(await self.core.create_namespaced_service_account_token(
-            pod["spec"].get("serviceAccountName") or "default", metadata["namespace"],
-            {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}))
-        expiry = datetime.datetime.fromisoformat(result["status"]["expirationTimestamp"].replace("Z", "+00:00"))
+        result = self._plain(
+            await self.core.create_namespaced_service_account_token(
+                pod["spec"].get("serviceAccountName") or "default",
+                metadata["namespace"],
+                self._body({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}),
+            )
+        )
+        expiry = datetime.datetime.fromisoformat(
+            result["status"]["expirationTimestamp"].replace("Z", "+00:00")
+        )
         return result["status"]["token"], expiry.timestamp()
 
     # --- events and authorization -------------------------------------------------------------------
@@ -171,25 +201,53 @@ class NodeApi:
         metadata = pod["metadata"]
         stamp = rfc3339()
         body = {
-            "metadata": {"name": f"{metadata['name']}.{uuid.uuid4().hex[:16]}", "namespace": metadata["namespace"]},
-            "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": metadata["name"],
-                               "namespace": metadata["namespace"], "uid": metadata["uid"]},
-            "type": event_type, "reason": reason, "message": message[:1024], "count": 1,
-            "firstTimestamp": stamp, "lastTimestamp": stamp,
+            "metadata": {
+                "name": f"{metadata['name']}.{uuid.uuid4().hex[:16]}",
+                "namespace": metadata["namespace"],
+            },
+            "involvedObject": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "name": metadata["name"],
+                "namespace": metadata["namespace"],
+                "uid": metadata["uid"],
+            },
+            "type": event_type,
+            "reason": reason,
+            "message": message[:1024],
+            "count": 1,
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
             "source": {"component": "kubelet", "host": self.node_name},
-            "reportingComponent": "kubelet", "reportingInstance": self.node_name,
+            "reportingComponent": "kubelet",
+            "reportingInstance": self.node_name,
         }
         try:
-            await self.core.create_namespaced_event(metadata["namespace"], body)
+            await self.core.create_namespaced_event(metadata["namespace"], self._body(body))
         except ApiException as exc:  # an event is best effort: never let it stop the pod's work
-            log.debug("event %s for %s/%s not recorded: %s", reason, metadata["namespace"], metadata["name"], exc)
+            log.debug(
+                "event %s for %s/%s not recorded: %s", reason, metadata["namespace"], metadata["name"], exc
+            )
 
     async def may(self, user: str, groups: list[str], verb: str, subresource: str) -> bool:
-        review = await self.authorization.create_subject_access_review({
-            "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
-            "spec": {"user": user, "groups": groups, "resourceAttributes": {
-                "verb": verb, "resource": "nodes", "subresource": subresource, "name": self.node_name}},
-        })
+        review = await self.authorization.create_subject_access_review(
+            self._body(
+                {
+                    "apiVersion": "authorization.k8s.io/v1",
+                    "kind": "SubjectAccessReview",
+                    "spec": {
+                        "user": user,
+                        "groups": groups,
+                        "resourceAttributes": {
+                            "verb": verb,
+                            "resource": "nodes",
+                            "subresource": subresource,
+                            "name": self.node_name,
+                        },
+                    },
+                }
+            )
+        )
         return bool(review.status.allowed)
 
 
@@ -198,7 +256,7 @@ async def retry_forever(what: str, attempt: Any, delay: float = 1.0) -> Any:
     while True:
         try:
             return await attempt()
-        except (ApiException, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, ApiException, OSError) as exc:
             log.warning("%s failed (%s); retrying", what, exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10)

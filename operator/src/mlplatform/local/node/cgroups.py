@@ -31,8 +31,11 @@ def directories(path: str) -> list[Path]:
     """The folders of the cgroup `path` (relative, e.g. mlplatform/<pod>/<container>) in every hierarchy."""
     if unified():
         return [CGROUP_FS / path]
-    return [CGROUP_FS / controller / path for controller in ("memory", "cpu", "pids")
-            if (CGROUP_FS / controller).is_dir()]
+    return [
+        CGROUP_FS / controller / path
+        for controller in ("memory", "cpu", "pids")
+        if (CGROUP_FS / controller).is_dir()
+    ]
 
 
 def _write(path: Path, value: str) -> None:
@@ -59,7 +62,10 @@ def create(path: str, limits: Limits) -> list[Path]:
             _write(folder / "memory.max", str(limits.memory_bytes))
             _write(folder / "memory.swap.max", "0")
         if limits.cpu_millicores:
-            _write(folder / "cpu.max", f"{max(1000, limits.cpu_millicores * CFS_PERIOD_US // 1000)} {CFS_PERIOD_US}")
+            _write(
+                folder / "cpu.max",
+                f"{max(1000, limits.cpu_millicores * CFS_PERIOD_US // 1000)} {CFS_PERIOD_US}",
+            )
         if limits.pids:
             _write(folder / "pids.max", str(limits.pids))
         return folders
@@ -114,7 +120,9 @@ def remove(path: str) -> None:
     for folder in directories(path):
         if not folder.exists():
             continue
-        for child in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        for child in sorted(
+            (p for p in folder.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True
+        ):
             with contextlib.suppress(OSError):
                 child.rmdir()
         with contextlib.suppress(OSError):

@@ -13,10 +13,15 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from kubernetes.utils.quantity import parse_quantity
+from kubernetes.utils.quantity import parse_quantity as _parse_quantity
 
 Manifest = dict[str, Any]
 _VARIABLE_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+
+
+def parse_quantity(quantity: str) -> Decimal:
+    """A Kubernetes quantity ("500m", "2Gi") as a number."""
+    return Decimal(_parse_quantity(quantity))  # type: ignore[no-untyped-call]
 
 
 class ContainerConfigError(Exception):
@@ -113,7 +118,9 @@ def field_value(pod: Manifest, path: str) -> str:
     return str(simple[path] or "")
 
 
-def resource_value(container: Manifest, resource: str, divisor: str | None, node_allocatable: Mapping[str, str]) -> str:
+def resource_value(
+    container: Manifest, resource: str, divisor: str | None, node_allocatable: Mapping[str, str]
+) -> str:
     """A resourceFieldRef: the container's limit or request, limits defaulting to the node's allocatable."""
     kind, _, name = resource.partition(".")
     resources = container.get("resources") or {}
@@ -124,8 +131,9 @@ def resource_value(container: Manifest, resource: str, divisor: str | None, node
     return str(math.ceil(value)) if value != value.to_integral_value() else str(int(value))
 
 
-def _value_from(pod: Manifest, container: Manifest, ref: Manifest, lookups: Lookups,
-                node_allocatable: Mapping[str, str]) -> str | None:
+def _value_from(
+    pod: Manifest, container: Manifest, ref: Manifest, lookups: Lookups, node_allocatable: Mapping[str, str]
+) -> str | None:
     if key_ref := ref.get("configMapKeyRef") or ref.get("secretKeyRef"):
         kind = "configmap" if "configMapKeyRef" in ref else "secret"
         optional = bool(key_ref.get("optional"))
@@ -135,13 +143,17 @@ def _value_from(pod: Manifest, container: Manifest, ref: Manifest, lookups: Look
         if key_ref["key"] not in data:
             if optional:
                 return None
-            raise ContainerConfigError(f'couldn\'t find key {key_ref["key"]} in {kind} {pod["metadata"]["namespace"]}/'
-                                       f'{key_ref["name"]}')
+            raise ContainerConfigError(
+                f"couldn't find key {key_ref['key']} in {kind} {pod['metadata']['namespace']}/"
+                f"{key_ref['name']}"
+            )
         return data[key_ref["key"]]
     if field_ref := ref.get("fieldRef"):
         return field_value(pod, field_ref["fieldPath"])
     if resource_ref := ref.get("resourceFieldRef"):
-        return resource_value(container, resource_ref["resource"], resource_ref.get("divisor"), node_allocatable)
+        return resource_value(
+            container, resource_ref["resource"], resource_ref.get("divisor"), node_allocatable
+        )
     raise ContainerConfigError(f"unsupported valueFrom {sorted(ref)}")
 
 
@@ -164,18 +176,18 @@ def container_env(
             if _VARIABLE_NAME.match(prefix + key):
                 env[prefix + key] = value
     for variable in container.get("env") or []:
-        if "valueFrom" in variable:
-            value = _value_from(pod, container, variable["valueFrom"], lookups, allocatable)
-            if value is None:
-                continue
-        else:
-            value = expand(variable.get("value", ""), {**service_env, **env})
-        env[variable["name"]] = value
+        if "valueFrom" not in variable:
+            env[variable["name"]] = expand(variable.get("value", ""), {**service_env, **env})
+            continue
+        resolved = _value_from(pod, container, variable["valueFrom"], lookups, allocatable)
+        if resolved is not None:  # an optional reference to something missing sets nothing
+            env[variable["name"]] = resolved
     return {**service_env, **env}
 
 
-def container_argv(container: Manifest, image_entrypoint: Sequence[str], image_cmd: Sequence[str],
-                   env: Mapping[str, str]) -> list[str]:
+def container_argv(
+    container: Manifest, image_entrypoint: Sequence[str], image_cmd: Sequence[str], env: Mapping[str, str]
+) -> list[str]:
     """Kubernetes' rule: `command` replaces ENTRYPOINT (and drops CMD), `args` replaces CMD."""
     command = container.get("command")
     args = container.get("args")

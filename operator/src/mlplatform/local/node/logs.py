@@ -19,7 +19,9 @@ def timestamp(when: datetime.datetime | None = None) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%f") + "000Z"
 
 
-def format_line(stream: str, content: bytes, partial: bool = False, when: datetime.datetime | None = None) -> bytes:
+def format_line(
+    stream: str, content: bytes, partial: bool = False, when: datetime.datetime | None = None
+) -> bytes:
     return f"{timestamp(when)} {stream} {PARTIAL if partial else FULL} ".encode() + content + b"\n"
 
 

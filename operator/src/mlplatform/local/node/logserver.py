@@ -47,9 +47,13 @@ class LogServer:
 
     def app(self) -> web.Application:
         app = web.Application()
-        app.router.add_get("/healthz", lambda _: web.Response(text="ok"))
+        app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/containerLogs/{namespace}/{pod}/{container}", self.container_logs)
         return app
+
+    @staticmethod
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text="ok")
 
     async def authorized(self, request: web.Request) -> bool:
         identity = _client_identity(request)
@@ -93,12 +97,29 @@ class LogServer:
         lines = select(list(read_lines(layout.log(container, number))), tail, since)
         sent = await _send(response, lines, timestamps, limit)
         if request.query.get("follow") == "true" and not previous:
-            await self._follow(response, layout, container, number, timestamps, limit, sent)
+            await self._follow(
+                response,
+                layout=layout,
+                container=container,
+                number=number,
+                timestamps=timestamps,
+                limit=limit,
+                sent=sent,
+            )
         await response.write_eof()
         return response
 
-    async def _follow(self, response: web.StreamResponse, layout: PodLayout, container: str, number: int,
-                      timestamps: bool, limit: int | None, sent: int) -> None:
+    async def _follow(
+        self,
+        response: web.StreamResponse,
+        *,
+        layout: PodLayout,
+        container: str,
+        number: int,
+        timestamps: bool,
+        limit: int | None,
+        sent: int,
+    ) -> None:
         """Stream lines as the container writes them, until it stops."""
         path = layout.log(container, number)
         offset = path.stat().st_size if path.exists() else 0
@@ -122,11 +143,15 @@ def _since(request: web.Request) -> datetime.datetime | None:
     if "sinceTime" in request.query:
         return datetime.datetime.fromisoformat(request.query["sinceTime"].replace("Z", "+00:00"))
     if "sinceSeconds" in request.query:
-        return datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=int(request.query["sinceSeconds"]))
+        return datetime.datetime.now(datetime.UTC) - datetime.timedelta(
+            seconds=int(request.query["sinceSeconds"])
+        )
     return None
 
 
-async def _send(response: web.StreamResponse, lines: list[LogLine], timestamps: bool, limit: int | None) -> int:
+async def _send(
+    response: web.StreamResponse, lines: list[LogLine], timestamps: bool, limit: int | None
+) -> int:
     payload = b"".join(line.render(timestamps) for line in lines)
     if limit is not None:
         payload = payload[: max(0, limit)]

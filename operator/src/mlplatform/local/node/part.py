@@ -71,29 +71,64 @@ def corefile(config: LocalConfig, layout: StateLayout) -> str:
 
 def dns_objects(config: LocalConfig) -> list[Manifest]:
     """CoreDNS's read access, and the kube-dns Service whose endpoint is CoreDNS on the host address."""
-    ports = [{"name": "dns", "port": config.ports.dns, "protocol": "UDP"},
-             {"name": "dns-tcp", "port": config.ports.dns, "protocol": "TCP"}]
+    ports = [
+        {"name": "dns", "port": config.ports.dns, "protocol": "UDP"},
+        {"name": "dns-tcp", "port": config.ports.dns, "protocol": "TCP"},
+    ]
     rbac = "rbac.authorization.k8s.io"
     return [
-        {"apiVersion": f"{rbac}/v1", "kind": "ClusterRole", "metadata": {"name": pki.COREDNS_USER},
-         "rules": [{"apiGroups": [""], "resources": ["endpoints", "services", "pods", "namespaces"],
-                    "verbs": ["list", "watch"]},
-                   {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]}]},
-        {"apiVersion": f"{rbac}/v1", "kind": "ClusterRoleBinding", "metadata": {"name": pki.COREDNS_USER},
-         "roleRef": {"apiGroup": rbac, "kind": "ClusterRole", "name": pki.COREDNS_USER},
-         "subjects": [{"apiGroup": rbac, "kind": "User", "name": pki.COREDNS_USER}]},
-        {"apiVersion": "v1", "kind": "Service",
-         "metadata": {"name": DNS_SERVICE, "namespace": "kube-system",
-                      "labels": {"k8s-app": DNS_SERVICE, "kubernetes.io/name": "CoreDNS"}},
-         "spec": {"clusterIP": config.network.dns_service_ip,
-                  "ports": [{**p, "targetPort": p["port"]} for p in ports]}},
-        {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-         "metadata": {"name": f"{DNS_SERVICE}-host", "namespace": "kube-system",
-                      "labels": {"kubernetes.io/service-name": DNS_SERVICE,
-                                 "endpointslice.kubernetes.io/managed-by": MANAGED_BY}},
-         "addressType": "IPv4",
-         "endpoints": [{"addresses": [config.network.host_address], "conditions": {"ready": True}}],
-         "ports": ports},
+        {
+            "apiVersion": f"{rbac}/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": pki.COREDNS_USER},
+            "rules": [
+                {
+                    "apiGroups": [""],
+                    "resources": ["endpoints", "services", "pods", "namespaces"],
+                    "verbs": ["list", "watch"],
+                },
+                {
+                    "apiGroups": ["discovery.k8s.io"],
+                    "resources": ["endpointslices"],
+                    "verbs": ["list", "watch"],
+                },
+            ],
+        },
+        {
+            "apiVersion": f"{rbac}/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": pki.COREDNS_USER},
+            "roleRef": {"apiGroup": rbac, "kind": "ClusterRole", "name": pki.COREDNS_USER},
+            "subjects": [{"apiGroup": rbac, "kind": "User", "name": pki.COREDNS_USER}],
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {
+                "name": DNS_SERVICE,
+                "namespace": "kube-system",
+                "labels": {"k8s-app": DNS_SERVICE, "kubernetes.io/name": "CoreDNS"},
+            },
+            "spec": {
+                "clusterIP": config.network.dns_service_ip,
+                "ports": [{**p, "targetPort": p["port"]} for p in ports],
+            },
+        },
+        {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": f"{DNS_SERVICE}-host",
+                "namespace": "kube-system",
+                "labels": {
+                    "kubernetes.io/service-name": DNS_SERVICE,
+                    "endpointslice.kubernetes.io/managed-by": MANAGED_BY,
+                },
+            },
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [config.network.host_address], "conditions": {"ready": True}}],
+            "ports": ports,
+        },
     ]
 
 
@@ -137,21 +172,44 @@ class LocalNode:
     def stages(self, config: LocalConfig) -> Sequence[Sequence[Service]]:
         host = config.network.host_address
         return [
-            [Service(NODE_AGENT,
-                     lambda ctx: ProcessSpec(NODE_AGENT, [sys.executable, "-m", "mlplatform.local.node",
-                                                          f"--state-dir={ctx.config.state_dir}"]),
-                     lambda ctx: node_ready_check(ctx.config, ctx.layout),
-                     lambda c: [(host, c.ports.node)])],
-            [Service(KUBE_PROXY,
-                     lambda ctx: ProcessSpec(KUBE_PROXY, [str(ctx.binaries[KUBE_PROXY]),
-                                                          f"--config={ctx.layout.root / 'kube-proxy.yaml'}"]),
-                     lambda ctx: http_check(f"http://127.0.0.1:{ctx.config.ports.kube_proxy_healthz}/healthz"),
-                     lambda c: [("127.0.0.1", c.ports.kube_proxy_healthz), ("127.0.0.1", c.ports.kube_proxy_metrics)]),
-             Service(COREDNS,
-                     lambda ctx: ProcessSpec(COREDNS, [str(ctx.binaries[COREDNS]), "-conf",
-                                                       str(ctx.layout.root / "Corefile")]),
-                     lambda ctx: http_check(f"http://127.0.0.1:{ctx.config.ports.dns_ready}/ready"),
-                     lambda c: [(host, c.ports.dns), ("127.0.0.1", c.ports.dns_ready)])],
+            [
+                Service(
+                    NODE_AGENT,
+                    lambda ctx: ProcessSpec(
+                        NODE_AGENT,
+                        [
+                            sys.executable,
+                            "-m",
+                            "mlplatform.local.node",
+                            f"--state-dir={ctx.config.state_dir}",
+                        ],
+                    ),
+                    lambda ctx: node_ready_check(ctx.config, ctx.layout),
+                    lambda c: [(host, c.ports.node)],
+                )
+            ],
+            [
+                Service(
+                    KUBE_PROXY,
+                    lambda ctx: ProcessSpec(
+                        KUBE_PROXY,
+                        [str(ctx.binaries[KUBE_PROXY]), f"--config={ctx.layout.root / 'kube-proxy.yaml'}"],
+                    ),
+                    lambda ctx: http_check(f"http://127.0.0.1:{ctx.config.ports.kube_proxy_healthz}/healthz"),
+                    lambda c: [
+                        ("127.0.0.1", c.ports.kube_proxy_healthz),
+                        ("127.0.0.1", c.ports.kube_proxy_metrics),
+                    ],
+                ),
+                Service(
+                    COREDNS,
+                    lambda ctx: ProcessSpec(
+                        COREDNS, [str(ctx.binaries[COREDNS]), "-conf", str(ctx.layout.root / "Corefile")]
+                    ),
+                    lambda ctx: http_check(f"http://127.0.0.1:{ctx.config.ports.dns_ready}/ready"),
+                    lambda c: [(host, c.ports.dns), ("127.0.0.1", c.ports.dns_ready)],
+                ),
+            ],
         ]
 
     def prepare(self, ctx: Context) -> None:
@@ -171,7 +229,10 @@ class LocalNode:
     def teardown(self, ctx: Context) -> None:
         runtime.kill_everything(NodeLayout(ctx.layout.node))
         if (kube_proxy := ctx.binaries.get(KUBE_PROXY)) is not None:
-            subprocess.run([str(kube_proxy), "--cleanup", f"--config={ctx.layout.root / 'kube-proxy.yaml'}"],
-                           capture_output=True, check=False, timeout=60)
+            subprocess.run(
+                [str(kube_proxy), "--cleanup", f"--config={ctx.layout.root / 'kube-proxy.yaml'}"],
+                capture_output=True,
+                check=False,
+                timeout=60,
+            )
         remove_kube_chains()
-

@@ -55,21 +55,26 @@ async def probe_once(probe: Manifest, target: ProbeTarget, http: aiohttp.ClientS
             return await _exec(action["command"], target, timeout)
         if "grpc" in probe:
             return False, "grpc probes are not supported by the local node"
-    except (TimeoutError, asyncio.TimeoutError):
+    except TimeoutError:
         return False, f"timeout after {timeout:g}s"
     except (OSError, aiohttp.ClientError, ValueError) as exc:
         return False, str(exc) or type(exc).__name__
     return False, "the probe has no action"
 
 
-async def _http(action: Manifest, target: ProbeTarget, http: aiohttp.ClientSession,
-                timeout: float) -> tuple[bool, str]:
+async def _http(
+    action: Manifest, target: ProbeTarget, http: aiohttp.ClientSession, timeout: float
+) -> tuple[bool, str]:
     scheme = str(action.get("scheme", "HTTP")).lower()
     host = action.get("host") or target.pod_ip
     url = f"{scheme}://{host}:{_port(action['port'], target.ports)}{action.get('path', '/')}"
-    headers = {"User-Agent": "kube-probe/1.35", **{h["name"]: h["value"] for h in action.get("httpHeaders") or []}}
-    async with http.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout), ssl=False,
-                        allow_redirects=False) as response:
+    headers = {
+        "User-Agent": "kube-probe/1.35",
+        **{h["name"]: h["value"] for h in action.get("httpHeaders") or []},
+    }
+    async with http.get(
+        url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout), ssl=False, allow_redirects=False
+    ) as response:
         if 200 <= response.status < 400:
             return True, ""
         return False, f"HTTP probe failed with statuscode: {response.status}"
@@ -80,12 +85,20 @@ async def _exec(command: list[str], target: ProbeTarget, timeout: float) -> tupl
     if pid is None:
         return False, "the container is not running"
     process = await asyncio.create_subprocess_exec(
-        "nsenter", f"--target={pid}", "--mount", "--net", "--uts", "--", *command,
-        env=dict(target.env), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        "nsenter",
+        f"--target={pid}",
+        "--mount",
+        "--net",
+        "--uts",
+        "--",
+        *command,
+        env=dict(target.env),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     try:
         output, _ = await asyncio.wait_for(process.communicate(), timeout)
-    except (TimeoutError, asyncio.TimeoutError):
+    except TimeoutError:
         process.kill()
         await process.wait()
         raise
@@ -97,9 +110,16 @@ async def _exec(command: list[str], target: ProbeTarget, timeout: float) -> tupl
 class ProbeRunner:
     """Runs one probe of one container attempt on its schedule and reports each change of result."""
 
-    def __init__(self, kind: str, probe: Manifest, target: ProbeTarget, http: aiohttp.ClientSession,
-                 on_result: Callable[[str, bool, str], Awaitable[None]], gate: Callable[[], bool] = lambda: True,
-                 ) -> None:
+    def __init__(
+        self,
+        kind: str,
+        *,
+        probe: Manifest,
+        target: ProbeTarget,
+        http: aiohttp.ClientSession,
+        on_result: Callable[[str, bool, str], Awaitable[None]],
+        gate: Callable[[], bool] = lambda: True,
+    ) -> None:
         self.kind = kind
         self.probe = probe
         self.target = target

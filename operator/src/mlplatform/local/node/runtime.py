@@ -75,14 +75,20 @@ def pod_cgroup(uid: str) -> str:
 
 # --- files a pod sees at /etc -------------------------------------------------------------------------
 
+
 def pod_hostname(pod: Manifest) -> str:
     return str(pod["spec"].get("hostname") or pod["metadata"]["name"])[:63]
 
 
 def hosts_file(pod: Manifest, ip: str | None, domain: str) -> str:
     hostname = pod_hostname(pod)
-    lines = ["# Kubernetes-managed hosts file.", "127.0.0.1\tlocalhost",
-             "::1\tlocalhost ip6-localhost ip6-loopback", "fe00::0\tip6-localnet", "fe00::0\tip6-mcastprefix"]
+    lines = [
+        "# Kubernetes-managed hosts file.",
+        "127.0.0.1\tlocalhost",
+        "::1\tlocalhost ip6-localhost ip6-loopback",
+        "fe00::0\tip6-localnet",
+        "fe00::0\tip6-mcastprefix",
+    ]
     if ip:
         subdomain = pod["spec"].get("subdomain")
         fqdn = f"{hostname}.{subdomain}.{pod['metadata']['namespace']}.svc.{domain}" if subdomain else ""
@@ -112,7 +118,9 @@ def resolv_conf(pod: Manifest, network: Network, host_resolv: str) -> str:
     extra = spec.get("dnsConfig") or {}
     nameservers += extra.get("nameservers") or []
     searches += extra.get("searches") or []
-    options += [f"{o['name']}:{o['value']}" if o.get("value") else o["name"] for o in extra.get("options") or []]
+    options += [
+        f"{o['name']}:{o['value']}" if o.get("value") else o["name"] for o in extra.get("options") or []
+    ]
     lines = [f"nameserver {n}" for n in nameservers]
     if searches:
         lines.append("search " + " ".join(searches))
@@ -122,6 +130,7 @@ def resolv_conf(pod: Manifest, network: Network, host_resolv: str) -> str:
 
 
 # --- IP addresses -------------------------------------------------------------------------------------
+
 
 def allocate_ip(node: NodeLayout, network: Network, uid: str) -> str:
     """The pod's IP: its existing lease, or the lowest free address of the node's pod range."""
@@ -160,7 +169,9 @@ def _ip_batch(commands: list[str], namespace_pid: int | None = None) -> None:
     argv = ["ip", "-batch", "-"]
     if namespace_pid is not None:
         argv = ["nsenter", f"--net=/proc/{namespace_pid}/ns/net", *argv]
-    result = subprocess.run(argv, input="\n".join(commands) + "\n", capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        argv, input="\n".join(commands) + "\n", capture_output=True, text=True, check=False
+    )
     if result.returncode != 0:
         raise SandboxError(f"network setup failed: {result.stderr.strip()}")
 
@@ -168,17 +179,27 @@ def _ip_batch(commands: list[str], namespace_pid: int | None = None) -> None:
 def wire_network(pid: int, ip: str, veth: str, network: Network) -> None:
     """Give the sandbox an eth0 with `ip`, its other end on the node bridge, and a default route."""
     prefix = network.pod_cidr.split("/")[1]
-    _ip_batch([
-        f"link add {veth} type veth peer name eth0 netns {pid}",
-        f"link set {veth} master {network.bridge}",
-        f"link set dev {veth} type bridge_slave hairpin on",
-        f"link set {veth} up",
-    ])
-    _ip_batch(["link set lo up", f"addr add {ip}/{prefix} dev eth0", "link set eth0 up",
-               f"route add default via {network.host_address}"], namespace_pid=pid)
+    _ip_batch(
+        [
+            f"link add {veth} type veth peer name eth0 netns {pid}",
+            f"link set {veth} master {network.bridge}",
+            f"link set dev {veth} type bridge_slave hairpin on",
+            f"link set {veth} up",
+        ]
+    )
+    _ip_batch(
+        [
+            "link set lo up",
+            f"addr add {ip}/{prefix} dev eth0",
+            "link set eth0 up",
+            f"route add default via {network.host_address}",
+        ],
+        namespace_pid=pid,
+    )
 
 
 # --- sandboxes ----------------------------------------------------------------------------------------
+
 
 def read_sandbox(layout: PodLayout) -> SandboxRecord | None:
     try:
@@ -187,8 +208,9 @@ def read_sandbox(layout: PodLayout) -> SandboxRecord | None:
         return None
 
 
-def create_sandbox(pod: Manifest, layout: PodLayout, node: NodeLayout, network: Network,
-                   visible_paths: list[str]) -> SandboxRecord:
+def create_sandbox(
+    pod: Manifest, layout: PodLayout, node: NodeLayout, network: Network, visible_paths: list[str]
+) -> SandboxRecord:
     """Start the pod's sandbox: namespaces, root filesystem, network; return its record."""
     host_network = bool(pod["spec"].get("hostNetwork"))
     ip = None if host_network else allocate_ip(node, network, layout.uid)
@@ -204,7 +226,10 @@ def create_sandbox(pod: Manifest, layout: PodLayout, node: NodeLayout, network: 
     spec_file.write_text(spec.to_json())
     holder = subprocess.Popen(
         [sys.executable, "-m", "mlplatform.local.node.sandbox", str(spec_file)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
     )
     assert holder.stdout is not None
     reply = holder.stdout.readline().decode(errors="replace").strip()
@@ -266,7 +291,10 @@ def start_container(layout: PodLayout, spec: ContainerSpec, number: int) -> None
     attempt.spec_file.write_text(spec.to_json())
     shim = subprocess.Popen(
         [sys.executable, "-m", "mlplatform.local.node.shim", str(attempt.spec_file)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     ref = ProcessRef.of(shim.pid)
     (attempt.root / "shim.json").write_text(json.dumps(asdict(ref)))
@@ -295,9 +323,16 @@ def read_attempt(layout: PodLayout, name: str, number: int) -> Attempt:
     exit_record = _json(attempt.exit_file)
     state = _json(attempt.state_file) or {}
     if exit_record:
-        return Attempt(number, cid, exit_record.get("startedAt"), exit_record.get("finishedAt"),
-                       exit_record.get("exitCode"), exit_record.get("reason"), exit_record.get("message"),
-                       exit_record.get("signal"))
+        return Attempt(
+            number,
+            cid,
+            exit_record.get("startedAt"),
+            exit_record.get("finishedAt"),
+            exit_record.get("exitCode"),
+            exit_record.get("reason"),
+            exit_record.get("message"),
+            exit_record.get("signal"),
+        )
     shim = _json(attempt.root / "shim.json")
     if shim and ProcessRef(**shim).alive():
         return Attempt(number, cid, state.get("startedAt"))
@@ -306,8 +341,15 @@ def read_attempt(layout: PodLayout, name: str, number: int) -> Attempt:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
     stamp = state.get("startedAt") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    return Attempt(number, cid, stamp, stamp, 137, "ContainerStatusUnknown",
-                   "The container could not be located when the pod was terminated")
+    return Attempt(
+        number,
+        cid,
+        stamp,
+        stamp,
+        137,
+        "ContainerStatusUnknown",
+        "The container could not be located when the pod was terminated",
+    )
 
 
 def shim_ref(layout: PodLayout, name: str, number: int) -> ProcessRef | None:
@@ -343,8 +385,8 @@ def kill_pod(layout: PodLayout, node: NodeLayout) -> None:
             if state and "pid" in state:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(int(state["pid"]), signal.SIGKILL)
-            if (shim := _json(attempt_dir / "shim.json")) is not None:
-                shims.append(ProcessRef(**shim))
+            if (recorded := _json(attempt_dir / "shim.json")) is not None:
+                shims.append(ProcessRef(**recorded))
     cgroups.kill_all(pod_cgroup(layout.uid))
     for shim in shims:
         _wait_gone(shim, 5)
@@ -369,4 +411,3 @@ def kill_everything(node: NodeLayout) -> None:
         kill_pod(node.pod(uid), node)
     cgroups.kill_all(CGROUP_ROOT)
     cgroups.remove(CGROUP_ROOT)
-

@@ -40,7 +40,7 @@ class MountStep:
 
 
 def _host_entries(host_root: Path) -> list[tuple[str, str | None]]:
-    entries = []
+    entries: list[tuple[str, str | None]] = []
     for entry in sorted(host_root.iterdir()):
         if entry.name in REPLACED:
             continue
@@ -63,7 +63,7 @@ def plan_rootfs(
     pod_volumes: Path,
     visible_paths: Sequence[str],
 ) -> list[MountStep]:
-    """How to build a pod's root. `visible_paths` (environments, image code) must be seen at their host path."""
+    """How to build a pod's root; `visible_paths` (environments, code) must appear at their host paths."""
     steps: list[MountStep] = []
     for name, link in host_entries:
         if link is not None:
@@ -79,12 +79,16 @@ def plan_rootfs(
         MountStep("devpts", "/dev/pts"),
         MountStep("symlink", "/dev/ptmx", source="pts/ptmx"),
         MountStep("symlink", "/dev/fd", source="/proc/self/fd"),
-        *(MountStep("symlink", f"/dev/{name}", source=f"/proc/self/fd/{fd}")
-          for fd, name in enumerate(("stdin", "stdout", "stderr"))),
+        *(
+            MountStep("symlink", f"/dev/{name}", source=f"/proc/self/fd/{fd}")
+            for fd, name in enumerate(("stdin", "stdout", "stderr"))
+        ),
         MountStep("tmpfs", "/run"),
         MountStep("bind", "/tmp", source=str(pod_tmp)),
-        *(MountStep("file", f"/etc/{name}", source=str(pod_etc / name)) for name in ("hosts", "resolv.conf",
-                                                                                     "hostname")),
+        *(
+            MountStep("file", f"/etc/{name}", source=str(pod_etc / name))
+            for name in ("hosts", "resolv.conf", "hostname")
+        ),
         MountStep("bind", VOLUMES_IN_POD, source=str(pod_volumes)),
     ]
     for path in visible_paths:
@@ -162,11 +166,18 @@ def _carry_out(step: MountStep, root: str, upper_root: str) -> None:
             linux.mount("proc", target, "proc", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC)
         case "sysfs":
             _mkdirs(target)
-            linux.mount("sysfs", target, "sysfs", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC | linux.MS_RDONLY)
+            linux.mount(
+                "sysfs", target, "sysfs", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC | linux.MS_RDONLY
+            )
         case "devpts":
             _mkdirs(target)
-            linux.mount("devpts", target, "devpts", linux.MS_NOSUID | linux.MS_NOEXEC,
-                        "newinstance,ptmxmode=0666,mode=0620")
+            linux.mount(
+                "devpts",
+                target,
+                "devpts",
+                linux.MS_NOSUID | linux.MS_NOEXEC,
+                "newinstance,ptmxmode=0666,mode=0620",
+            )
         case "bind":
             _mkdirs(target)
             linux.bind(step.source, target, readonly=step.readonly, recursive=True)

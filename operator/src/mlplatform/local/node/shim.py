@@ -11,7 +11,6 @@ Run as: python -m mlplatform.local.node.shim SPEC_FILE
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
 import os
 import selectors
@@ -204,16 +203,27 @@ def run(spec: ContainerSpec) -> dict[str, object]:
     started_at = timestamp()
     try:
         child = subprocess.Popen(
-            spec.argv, env=spec.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            preexec_fn=lambda: _enter(spec, namespaces, error_write), start_new_session=True,  # noqa: PLW1509
+            spec.argv,
+            env=spec.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            # The shim is single-threaded, so preexec_fn is safe; it is how a child enters the namespaces.
+            preexec_fn=lambda: _enter(spec, namespaces, error_write),  # noqa: PLW1509
+            start_new_session=True,
         )
     except (OSError, subprocess.SubprocessError) as exc:
         os.close(error_write)
         detail = os.read(error_read, 4096).decode(errors="replace") or str(exc)
         writer.feed("stderr", f"failed to start container {spec.name!r}: {detail}\n".encode())
         writer.close()
-        return {"exitCode": EXIT_START_ERROR, "reason": "StartError", "message": detail,
-                "startedAt": started_at, "finishedAt": timestamp()}
+        return {
+            "exitCode": EXIT_START_ERROR,
+            "reason": "StartError",
+            "message": detail,
+            "startedAt": started_at,
+            "finishedAt": timestamp(),
+        }
     finally:
         for fd, _ in namespaces:
             os.close(fd)
@@ -228,12 +238,13 @@ def run(spec: ContainerSpec) -> dict[str, object]:
 def _outcome(status: int, cgroup: str, started_at: str) -> dict[str, object]:
     signal_number = -status if status < 0 else 0
     exit_code = 128 + signal_number if signal_number else status
-    if cgroups.oom_killed(cgroup):
-        reason = "OOMKilled"
-    else:
-        reason = "Completed" if exit_code == 0 else "Error"
-    result: dict[str, object] = {"exitCode": exit_code, "reason": reason, "startedAt": started_at,
-                                 "finishedAt": timestamp()}
+    reason = "OOMKilled" if cgroups.oom_killed(cgroup) else "Completed" if exit_code == 0 else "Error"
+    result: dict[str, object] = {
+        "exitCode": exit_code,
+        "reason": reason,
+        "startedAt": started_at,
+        "finishedAt": timestamp(),
+    }
     if signal_number:
         result["signal"] = signal_number
     return result
@@ -246,9 +257,14 @@ def main(spec_path: str) -> None:
         signal.signal(sig, signal.SIG_IGN)
     try:
         outcome = run(spec)
-    except Exception as exc:  # noqa: BLE001 - whatever happens, the agent must learn how the container ended
-        outcome = {"exitCode": EXIT_START_ERROR, "reason": "StartError", "message": f"shim: {exc}",
-                   "startedAt": timestamp(), "finishedAt": timestamp()}
+    except Exception as exc:
+        outcome = {
+            "exitCode": EXIT_START_ERROR,
+            "reason": "StartError",
+            "message": f"shim: {exc}",
+            "startedAt": timestamp(),
+            "finishedAt": timestamp(),
+        }
     _write_json(spec.exit_file, outcome)
     with contextlib.suppress(OSError):
         cgroups.kill_all(spec.cgroup)

@@ -36,8 +36,13 @@ class Attempt:
         return self.finished and self.exit_code == 0
 
     def terminated(self) -> Manifest:
-        state: Manifest = {"exitCode": self.exit_code, "reason": self.reason, "startedAt": self.started_at,
-                           "finishedAt": self.finished_at, "containerID": self.container_id}
+        state: Manifest = {
+            "exitCode": self.exit_code,
+            "reason": self.reason,
+            "startedAt": self.started_at,
+            "finishedAt": self.finished_at,
+            "containerID": self.container_id,
+        }
         if self.message:
             state["message"] = self.message
         if self.signal:
@@ -104,7 +109,8 @@ def init_complete(init_views: Sequence[ContainerView]) -> bool:
 
 def init_failed(init_views: Sequence[ContainerView], restart_policy: str) -> bool:
     return restart_policy == "Never" and any(
-        v.latest is not None and v.latest.finished and not v.latest.succeeded for v in init_views)
+        v.latest is not None and v.latest.finished and not v.latest.succeeded for v in init_views
+    )
 
 
 def phase(restart_policy: str, init_views: Sequence[ContainerView], views: Sequence[ContainerView]) -> str:
@@ -138,29 +144,51 @@ def _condition(kind: str, ok: bool, reason: str = "", message: str = "") -> Mani
     return condition
 
 
-def conditions(pod: Manifest, pod_phase: str, sandbox_ready: bool, init_views: Sequence[ContainerView],
-               views: Sequence[ContainerView]) -> list[Manifest]:
+def conditions(
+    pod: Manifest,
+    pod_phase: str,
+    sandbox_ready: bool,
+    init_views: Sequence[ContainerView],
+    views: Sequence[ContainerView],
+) -> list[Manifest]:
     """PodReadyToStartContainers, Initialized, ContainersReady and Ready (readiness gates included)."""
     terminal = pod_phase in ("Succeeded", "Failed")
     incomplete = [v.name for v in init_views if not (v.latest and v.latest.succeeded)]
     unready = [v.name for v in views if not v.ready]
-    initialized = _condition("Initialized", not incomplete, "ContainersNotInitialized",
-                             f"containers with incomplete status: [{' '.join(incomplete)}]")
+    initialized = _condition(
+        "Initialized",
+        not incomplete,
+        "ContainersNotInitialized",
+        f"containers with incomplete status: [{' '.join(incomplete)}]",
+    )
     if terminal:
         ready_reason, ready_message = "PodCompleted", ""
     else:
-        ready_reason, ready_message = "ContainersNotReady", f"containers with unready status: [{' '.join(unready)}]"
-    containers_ready = _condition("ContainersReady", not unready and not terminal, ready_reason, ready_message)
+        ready_reason, ready_message = (
+            "ContainersNotReady",
+            f"containers with unready status: [{' '.join(unready)}]",
+        )
+    containers_ready = _condition(
+        "ContainersReady", not unready and not terminal, ready_reason, ready_message
+    )
     existing = {c["type"]: c for c in (pod.get("status") or {}).get("conditions") or []}
     gates = [g["conditionType"] for g in pod["spec"].get("readinessGates") or []]
     unmet_gates = [g for g in gates if existing.get(g, {}).get("status") != "True"]
     if containers_ready["status"] == "True" and unmet_gates:
-        ready = _condition("Ready", False, "ReadinessGatesNotReady",
-                           f"corresponding condition of pod readiness gate \"{unmet_gates[0]}\" does not exist.")
+        ready = _condition(
+            "Ready",
+            False,
+            "ReadinessGatesNotReady",
+            f'corresponding condition of pod readiness gate "{unmet_gates[0]}" does not exist.',
+        )
     else:
         ready = {**containers_ready, "type": "Ready"}
-    return [_condition("PodReadyToStartContainers", sandbox_ready and not terminal), initialized,
-            containers_ready, ready]
+    return [
+        _condition("PodReadyToStartContainers", sandbox_ready and not terminal),
+        initialized,
+        containers_ready,
+        ready,
+    ]
 
 
 def with_transition_times(new: Sequence[Manifest], old: Sequence[Manifest], stamp: str) -> list[Manifest]:
@@ -168,10 +196,15 @@ def with_transition_times(new: Sequence[Manifest], old: Sequence[Manifest], stam
     previous = {c["type"]: c for c in old}
     merged = []
     for condition in new:
-        before = previous.get(condition["type"])
-        changed = before is None or before.get("status") != condition["status"]
-        merged.append({**condition, "lastProbeTime": None,
-                       "lastTransitionTime": stamp if changed else before.get("lastTransitionTime", stamp)})
+        before = previous.get(condition["type"]) or {}
+        unchanged = before.get("status") == condition["status"]
+        merged.append(
+            {
+                **condition,
+                "lastProbeTime": None,
+                "lastTransitionTime": before.get("lastTransitionTime", stamp) if unchanged else stamp,
+            }
+        )
     ours = {c["type"] for c in new}
     merged += [c for c in old if c["type"] not in ours]
     return merged
@@ -195,7 +228,9 @@ def pod_status(
     old = (pod.get("status") or {}).get("conditions") or []
     status: Manifest = {
         "phase": pod_phase,
-        "conditions": with_transition_times(conditions(pod, pod_phase, sandbox_ready, init_views, views), old, stamp),
+        "conditions": with_transition_times(
+            conditions(pod, pod_phase, sandbox_ready, init_views, views), old, stamp
+        ),
         "hostIP": host_ip,
         "hostIPs": [{"ip": host_ip}],
         "startTime": start_time,

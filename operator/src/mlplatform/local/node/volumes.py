@@ -37,7 +37,9 @@ class VolumeLookups:
 
     config_maps: Mapping[str, Mapping[str, bytes] | None] = field(default_factory=dict)
     secrets: Mapping[str, Mapping[str, bytes] | None] = field(default_factory=dict)
-    tokens: Mapping[str, str] = field(default_factory=dict)  # service-account token per audience ("" = default)
+    tokens: Mapping[str, str] = field(
+        default_factory=dict
+    )  # service-account token per audience ("" = default)
     node_allocatable: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -48,8 +50,9 @@ def _safe_path(path: str) -> str:
     return str(pure)
 
 
-def _key_files(kind: str, name: str, data: Mapping[str, bytes] | None, source: Manifest,
-               default_mode: int) -> list[VolumeFile]:
+def _key_files(
+    kind: str, name: str, data: Mapping[str, bytes] | None, source: Manifest, default_mode: int
+) -> list[VolumeFile]:
     if data is None:
         if source.get("optional"):
             return []
@@ -67,8 +70,9 @@ def _key_files(kind: str, name: str, data: Mapping[str, bytes] | None, source: M
     return files
 
 
-def _downward_files(pod: Manifest, items: Sequence[Manifest], default_mode: int,
-                    allocatable: Mapping[str, str]) -> list[VolumeFile]:
+def _downward_files(
+    pod: Manifest, items: Sequence[Manifest], default_mode: int, allocatable: Mapping[str, str]
+) -> list[VolumeFile]:
     files = []
     containers = {c["name"]: c for c in pod["spec"].get("containers", [])}
     for item in items:
@@ -77,8 +81,12 @@ def _downward_files(pod: Manifest, items: Sequence[Manifest], default_mode: int,
                 value = field_value(pod, item["fieldRef"]["fieldPath"])
             else:
                 ref = item["resourceFieldRef"]
-                value = resource_value(containers.get(ref.get("containerName", ""), {}), ref["resource"],
-                                       ref.get("divisor"), allocatable)
+                value = resource_value(
+                    containers.get(ref.get("containerName", ""), {}),
+                    ref["resource"],
+                    ref.get("divisor"),
+                    allocatable,
+                )
         except ContainerConfigError as exc:
             raise VolumeError(str(exc)) from exc
         files.append(VolumeFile(_safe_path(item["path"]), value.encode(), item.get("mode", default_mode)))
@@ -111,50 +119,64 @@ def rendered_files(volume: Manifest, pod: Manifest, lookups: VolumeLookups) -> l
     """The files of a volume rendered from API objects, or None for a volume that is a plain folder."""
     if config_map := volume.get("configMap"):
         name = config_map["name"]
-        return _key_files("configmap", name, lookups.config_maps.get(name), config_map,
-                          config_map.get("defaultMode", DEFAULT_MODE))
+        return _key_files(
+            "configmap",
+            name,
+            lookups.config_maps.get(name),
+            config_map,
+            config_map.get("defaultMode", DEFAULT_MODE),
+        )
     if secret := volume.get("secret"):
         name = secret["secretName"]
-        return _key_files("secret", name, lookups.secrets.get(name), secret, secret.get("defaultMode", DEFAULT_MODE))
+        return _key_files(
+            "secret", name, lookups.secrets.get(name), secret, secret.get("defaultMode", DEFAULT_MODE)
+        )
     if downward := volume.get("downwardAPI"):
-        return _downward_files(pod, downward.get("items") or [], downward.get("defaultMode", DEFAULT_MODE),
-                               lookups.node_allocatable)
+        return _downward_files(
+            pod,
+            downward.get("items") or [],
+            downward.get("defaultMode", DEFAULT_MODE),
+            lookups.node_allocatable,
+        )
     if projected := volume.get("projected"):
         return _projected_files(pod, projected, lookups)
     if "emptyDir" in volume or "hostPath" in volume:
         return None
     kinds = sorted(k for k in volume if k != "name")
-    raise VolumeError(f"volume {volume['name']!r}: the local node does not support {', '.join(kinds)} volumes")
+    raise VolumeError(
+        f"volume {volume['name']!r}: the local node does not support {', '.join(kinds)} volumes"
+    )
+
+
+def _volume_references(pod: Manifest) -> tuple[set[str], set[str]]:
+    config_maps: set[str] = set()
+    secrets: set[str] = set()
+    for volume in pod["spec"].get("volumes") or []:
+        sources = [volume, *((volume.get("projected") or {}).get("sources") or [])]
+        config_maps |= {s["configMap"]["name"] for s in sources if "configMap" in s}
+        secrets |= {s["secret"].get("secretName") or s["secret"]["name"] for s in sources if "secret" in s}
+    return config_maps, secrets
+
+
+def _env_references(pod: Manifest) -> tuple[set[str], set[str]]:
+    config_maps: set[str] = set()
+    secrets: set[str] = set()
+    spec = pod["spec"]
+    for container in [*(spec.get("initContainers") or []), *spec.get("containers", [])]:
+        refs = [
+            *(container.get("envFrom") or []),
+            *(v.get("valueFrom") or {} for v in container.get("env") or []),
+        ]
+        config_maps |= {r[k]["name"] for r in refs for k in ("configMapRef", "configMapKeyRef") if k in r}
+        secrets |= {r[k]["name"] for r in refs for k in ("secretRef", "secretKeyRef") if k in r}
+    return config_maps, secrets
 
 
 def referenced_objects(pod: Manifest) -> tuple[set[str], set[str]]:
     """Names of the ConfigMaps and Secrets a pod's volumes, env and envFrom refer to."""
-    config_maps: set[str] = set()
-    secrets: set[str] = set()
-    for volume in pod["spec"].get("volumes") or []:
-        if "configMap" in volume:
-            config_maps.add(volume["configMap"]["name"])
-        if "secret" in volume:
-            secrets.add(volume["secret"]["secretName"])
-        for source in (volume.get("projected") or {}).get("sources") or []:
-            if "configMap" in source:
-                config_maps.add(source["configMap"]["name"])
-            if "secret" in source:
-                secrets.add(source["secret"]["name"])
-    spec = pod["spec"]
-    for container in [*(spec.get("initContainers") or []), *spec.get("containers", [])]:
-        for source in container.get("envFrom") or []:
-            if "configMapRef" in source:
-                config_maps.add(source["configMapRef"]["name"])
-            if "secretRef" in source:
-                secrets.add(source["secretRef"]["name"])
-        for variable in container.get("env") or []:
-            ref = variable.get("valueFrom") or {}
-            if "configMapKeyRef" in ref:
-                config_maps.add(ref["configMapKeyRef"]["name"])
-            if "secretKeyRef" in ref:
-                secrets.add(ref["secretKeyRef"]["name"])
-    return config_maps, secrets
+    volume_maps, volume_secrets = _volume_references(pod)
+    env_maps, env_secrets = _env_references(pod)
+    return volume_maps | env_maps, volume_secrets | env_secrets
 
 
 def token_audiences(pod: Manifest) -> set[str]:
@@ -203,5 +225,7 @@ def _same_contents(data_dir: Path, files: Sequence[VolumeFile]) -> bool:
     existing = {str(p.relative_to(data_dir)): p for p in data_dir.rglob("*") if p.is_file()}
     if set(existing) != {f.path for f in files}:
         return False
-    return all(existing[f.path].read_bytes() == f.content and existing[f.path].stat().st_mode & 0o7777 == f.mode
-               for f in files)
+    return all(
+        existing[f.path].read_bytes() == f.content and existing[f.path].stat().st_mode & 0o7777 == f.mode
+        for f in files
+    )

@@ -95,8 +95,11 @@ def should_restart(restart_policy: str, attempt: Attempt, init: bool) -> bool:
 
 
 def parse_time(value: str) -> float:
-    return datetime.datetime.fromisoformat(value.replace("Z", "+00:00").split(".")[0] + "+00:00"
-                                           if "." in value else value.replace("Z", "+00:00")).timestamp()
+    return datetime.datetime.fromisoformat(
+        value.replace("Z", "+00:00").split(".")[0] + "+00:00"
+        if "." in value
+        else value.replace("Z", "+00:00")
+    ).timestamp()
 
 
 class PodWorker:
@@ -121,7 +124,7 @@ class PodWorker:
         self.background: set[asyncio.Task[None]] = set()
         self.task: asyncio.Task[None] | None = None
 
-    # --- the loop ---------------------------------------------------------------------------------------
+    # --- the loop
     @property
     def name(self) -> str:
         return f"{self.pod['metadata']['namespace']}/{self.pod['metadata']['name']}"
@@ -168,14 +171,16 @@ class PodWorker:
         self.recent_events[key] = time.monotonic()
         await self.node.api.event(self.pod, kind, reason, message)
 
-    # --- the sync pass -------------------------------------------------------------------------------------
+    # --- the sync pass
     async def sync(self) -> bool:
         """One pass; True when the pod is gone and the worker is done."""
         pod = self.pod
         if self.deleted or pod["metadata"].get("deletionTimestamp"):
             await self.terminate(self.grace_seconds())
             if not self.deleted:
-                await self.node.api.delete_pod(pod["metadata"]["namespace"], pod["metadata"]["name"], self.uid)
+                await self.node.api.delete_pod(
+                    pod["metadata"]["namespace"], pod["metadata"]["name"], self.uid
+                )
             await asyncio.to_thread(runtime.remove_pod_dir, self.layout)
             self.unwatch_exits()
             return True
@@ -185,8 +190,10 @@ class PodWorker:
             return False
         if self.deadline_exceeded():
             await self.terminate(self.grace_seconds(), reason="DeadlineExceeded")
-            self.terminal_reason = {"reason": "DeadlineExceeded",
-                                    "message": "Pod was active on the node longer than the specified deadline"}
+            self.terminal_reason = {
+                "reason": "DeadlineExceeded",
+                "message": "Pod was active on the node longer than the specified deadline",
+            }
             await self.report()
             return False
         if await self.prepare() and await self.run_init_containers():
@@ -213,7 +220,7 @@ class PodWorker:
         started = (self.pod.get("status") or {}).get("startTime")
         return bool(deadline and started and time.time() - parse_time(started) > int(deadline))
 
-    # --- images, volumes, sandbox ------------------------------------------------------------------------------
+    # --- images, volumes, sandbox
     def all_containers(self) -> list[Manifest]:
         spec = self.pod["spec"]
         return [*(spec.get("initContainers") or []), *spec["containers"]]
@@ -234,8 +241,10 @@ class PodWorker:
         name, image = container["name"], container["image"]
         environment = resolve_image(image, self.node.images())
         if environment is None:
-            message = (f'Failed to pull image "{image}": the local node has no environment for it '
-                       "(images it can run are listed in local-images.yaml)")
+            message = (
+                f'Failed to pull image "{image}": the local node has no environment for it '
+                "(images it can run are listed in local-images.yaml)"
+            )
             already_failed = self.waiting.get(name, ("",))[0] in ("ErrImagePull", "ImagePullBackOff")
             self.waiting[name] = ("ImagePullBackOff" if already_failed else "ErrImagePull", message)
             await self.event("Warning", "Failed", message)
@@ -253,8 +262,12 @@ class PodWorker:
                     await self.event("Normal", "Pulling", f'Building environment for image "{image}"')
                     started = time.monotonic()
                     try:
-                        path = await asyncio.to_thread(ensure_environment, environment, self.node.config.cache_dir,
-                                                       lambda line: log.info("%s", line))
+                        path = await asyncio.to_thread(
+                            ensure_environment,
+                            environment,
+                            self.node.config.cache_dir,
+                            lambda line: log.info("%s", line),
+                        )
                     except Exception as exc:
                         message = f'Failed to pull image "{image}": {exc}'
                         self.waiting[name] = ("ErrImagePull", message)
@@ -262,8 +275,11 @@ class PodWorker:
                         self.wake_in(30)
                         return False
                     self.node.environments[key] = path
-                    await self.event("Normal", "Pulled", f'Environment for image "{image}" ready in '
-                                                          f"{time.monotonic() - started:.1f}s")
+                    await self.event(
+                        "Normal",
+                        "Pulled",
+                        f'Environment for image "{image}" ready in {time.monotonic() - started:.1f}s',
+                    )
         if self.waiting.get(name, ("",))[0] in ("ErrImagePull", "ImagePullBackOff", "ContainerCreating"):
             del self.waiting[name]
         return True
@@ -278,8 +294,9 @@ class PodWorker:
             token = self.tokens.get(audience)
             if token is None or token[1] - time.time() < TOKEN_SECONDS * 0.2:
                 self.tokens[audience] = await api.service_account_token(self.pod, audience, TOKEN_SECONDS)
-        return VolumeLookups(config_maps, secrets, {a: t for a, (t, _) in self.tokens.items()},
-                             self.node.allocatable)
+        return VolumeLookups(
+            config_maps, secrets, {a: t for a, (t, _) in self.tokens.items()}, self.node.allocatable
+        )
 
     async def sync_volumes(self) -> bool:
         if time.monotonic() - self.volumes_synced_at < VOLUME_RESYNC_SECONDS and self.sandbox_alive():
@@ -341,18 +358,26 @@ class PodWorker:
             return True
         if runtime.read_sandbox(self.layout) is not None:
             # The sandbox died (host reboot, someone killed it): its containers died with their namespaces.
-            await self.event("Normal", "SandboxChanged", "Pod sandbox changed, it will be killed and re-created.")
+            await self.event(
+                "Normal", "SandboxChanged", "Pod sandbox changed, it will be killed and re-created."
+            )
             await asyncio.to_thread(runtime.kill_pod, self.layout, self.node.layout)
         try:
-            await asyncio.to_thread(runtime.create_sandbox, self.pod, self.layout, self.node.layout,
-                                    self.node.config.network, self.visible_paths())
+            await asyncio.to_thread(
+                runtime.create_sandbox,
+                self.pod,
+                self.layout,
+                self.node.layout,
+                self.node.config.network,
+                self.visible_paths(),
+            )
         except (runtime.SandboxError, OSError) as exc:
             await self.event("Warning", "FailedCreatePodSandBox", f"Failed to create pod sandbox: {exc}")
             self.wake_in(5)
             return False
         return True
 
-    # --- containers -------------------------------------------------------------------------------------------
+    # --- containers
     def attempts(self, name: str) -> tuple[Attempt | None, Attempt | None]:
         numbers = runtime.attempt_numbers(self.layout, name)
         latest = runtime.read_attempt(self.layout, name, numbers[-1]) if numbers else None
@@ -382,7 +407,11 @@ class PodWorker:
             name = container["name"]
             latest, _ = self.attempts(name)
             if latest is None:
-                if self.waiting.get(name, ("",))[0] in ("", "CreateContainerConfigError", "RunContainerError"):
+                if self.waiting.get(name, ("",))[0] in (
+                    "",
+                    "CreateContainerConfigError",
+                    "RunContainerError",
+                ):
                     await self.start_container(container, 0)
             elif latest.finished:
                 self.stop_probes(name)
@@ -401,8 +430,10 @@ class PodWorker:
         finished = parse_time(latest.finished_at) if latest.finished_at else time.time()
         remaining = finished + delay - time.time()
         if remaining > 0:
-            message = (f"back-off {delay}s restarting failed container={name} "
-                       f"pod={self.pod['metadata']['name']}_{self.pod['metadata']['namespace']}({self.uid})")
+            message = (
+                f"back-off {delay}s restarting failed container={name} "
+                f"pod={self.pod['metadata']['name']}_{self.pod['metadata']['namespace']}({self.uid})"
+            )
             self.waiting[name] = ("CrashLoopBackOff", message)
             await self.event("Warning", "BackOff", "Back-off restarting failed container " + name)
             self.wake_in(remaining)
@@ -485,13 +516,18 @@ class PodWorker:
         limits = (container.get("resources") or {}).get("limits") or {}
         layout = self.layout.container(container["name"], number)
         return ContainerSpec(
-            name=container["name"], argv=argv, env=env,
+            name=container["name"],
+            argv=argv,
+            env=env,
             working_dir=container.get("workingDir") or environment.working_dir or "/",
             sandbox_pid=runtime.read_sandbox(self.layout).holder.pid,  # type: ignore[union-attr]
-            mounts=self.mounts(container, environment), identity=identity,
+            mounts=self.mounts(container, environment),
+            identity=identity,
             cgroup=f"{runtime.pod_cgroup(self.uid)}/{container['name']}-{number}",
-            memory_bytes=quantity_bytes(limits.get("memory")), cpu_millicores=quantity_millicores(limits.get("cpu")),
-            log_file=str(self.layout.log(container["name"], number)), state_file=str(layout.state_file),
+            memory_bytes=quantity_bytes(limits.get("memory")),
+            cpu_millicores=quantity_millicores(limits.get("cpu")),
+            log_file=str(self.layout.log(container["name"], number)),
+            state_file=str(layout.state_file),
             exit_file=str(layout.exit_file),
         )
 
@@ -521,8 +557,9 @@ class PodWorker:
                 source = volume["hostPath"]["path"]
             if sub := mount.get("subPath"):
                 source = f"{source}/{sub}"
-            readonly = bool(mount.get("readOnly")) or any(k in volume for k in ("configMap", "secret", "projected",
-                                                                                "downwardAPI"))
+            readonly = bool(mount.get("readOnly")) or any(
+                k in volume for k in ("configMap", "secret", "projected", "downwardAPI")
+            )
             mounts.append(Mount(source, mount["mountPath"], readonly))
         return mounts
 
@@ -538,14 +575,18 @@ class PodWorker:
         if uid is None and image_user is not None:
             if not str(image_user).split(":")[0].isdigit():
                 if pick("runAsNonRoot"):
-                    raise ContainerConfigError(f"container has runAsNonRoot and image has non-numeric user "
-                                               f"({image_user}), cannot verify user is non-root")
+                    raise ContainerConfigError(
+                        f"container has runAsNonRoot and image has non-numeric user "
+                        f"({image_user}), cannot verify user is non-root"
+                    )
             else:
                 uid = int(str(image_user).split(":")[0])
         if pick("runAsNonRoot") and not uid:
+            metadata = self.pod["metadata"]
             raise ContainerConfigError(
-                f"container has runAsNonRoot and image will run as root (pod: \"{self.pod['metadata']['name']}_"
-                f"{self.pod['metadata']['namespace']}({self.uid})\", container: {container['name']})")
+                f'container has runAsNonRoot and image will run as root (pod: "{metadata["name"]}_'
+                f'{metadata["namespace"]}({self.uid})", container: {container["name"]})'
+            )
         gid = pick("runAsGroup")
         groups = [int(g) for g in pod_context.get("supplementalGroups") or []]
         if pod_context.get("fsGroup") is not None:
@@ -559,25 +600,35 @@ class PodWorker:
             drop_capabilities="ALL" in drop,
         )
 
-    # --- probes ------------------------------------------------------------------------------------------------
+    # --- probes
     def start_probes(self, container: Manifest, attempt: Attempt) -> None:
         name = container["name"]
         self.stop_probes(name)
         record = runtime.read_sandbox(self.layout)
         ports = {p["name"]: int(p["containerPort"]) for p in container.get("ports") or [] if p.get("name")}
-        target = ProbeTarget(record.ip or self.node.config.network.host_address if record else "",
-                             lambda: runtime.container_pid(self.layout, name, attempt.number), ports,
-                             self._probe_env(name, attempt.number))
+        target = ProbeTarget(
+            record.ip or self.node.config.network.host_address if record else "",
+            lambda: runtime.container_pid(self.layout, name, attempt.number),
+            ports,
+            self._probe_env(name, attempt.number),
+        )
         has_startup = "startupProbe" in container
         self.probe_results[(name, "startup")] = not has_startup
+        number = attempt.number
+
+        def started() -> bool:  # liveness and readiness wait for the startup probe
+            return self.probe_results[(name, "startup")]
+
+        async def report(kind: str, ok: bool, message: str) -> None:
+            await self.on_probe(name, number, kind, ok, message)
+
         runners = {}
         for kind in ("startup", "liveness", "readiness"):
-            probe = container.get(f"{kind}Probe")
-            if probe:
-                gate = (lambda: True) if kind == "startup" else (lambda n=name: self.probe_results[(n, "startup")])
-                runners[kind] = ProbeRunner(kind, probe, target, self.node.http,
-                                            lambda k, ok, msg, n=name, a=attempt.number: self.on_probe(n, a, k, ok, msg),
-                                            gate)
+            if probe := container.get(f"{kind}Probe"):
+                gate = (lambda: True) if kind == "startup" else started
+                runners[kind] = ProbeRunner(
+                    kind, probe=probe, target=target, http=self.node.http, on_result=report, gate=gate
+                )
         self.probe_results[(name, "readiness")] = "readinessProbe" not in container
         self.probes[name] = runners
         for runner in runners.values():
@@ -612,7 +663,7 @@ class PodWorker:
         await self.stop_container(name, number, self.grace_seconds())
         self.wake.set()
 
-    # --- stopping ------------------------------------------------------------------------------------------------
+    # --- stopping
     async def stop_container(self, name: str, number: int, grace: int) -> None:
         await asyncio.to_thread(runtime.signal_container, self.layout, name, number, signal.SIGTERM)
         deadline = time.monotonic() + grace
@@ -635,8 +686,11 @@ class PodWorker:
             latest, _ = self.attempts(container["name"])
             if latest is not None and latest.running:
                 running.append((container["name"], latest.number))
-                await self.event("Normal", "Killing", f"Stopping container {container['name']}"
-                                 + (f": {reason}" if reason else ""))
+                await self.event(
+                    "Normal",
+                    "Killing",
+                    f"Stopping container {container['name']}" + (f": {reason}" if reason else ""),
+                )
         await asyncio.gather(*(self.stop_container(n, a, grace) for n, a in running))
         await self.stop_everything()
 
@@ -646,7 +700,7 @@ class PodWorker:
                 self.stop_probes(name)
             await asyncio.to_thread(runtime.kill_pod, self.layout, self.node.layout)
 
-    # --- status -------------------------------------------------------------------------------------------------
+    # --- status
     def view(self, container: Manifest) -> ContainerView:
         name = container["name"]
         latest, previous = self.attempts(name)
@@ -656,13 +710,20 @@ class PodWorker:
             waiting = None  # a reason to wait only counts for a container that is to (re)start
         running = latest is not None and latest.running and waiting is None
         started = self.probe_results.get((name, "startup"), True)
-        ready = running and started and self.probe_results.get((name, "readiness"), True) and not self.is_init(name)
+        ready = (
+            running
+            and started
+            and self.probe_results.get((name, "readiness"), True)
+            and not self.is_init(name)
+        )
         environment = self.images.get(name)
         built = self.node.environments.get(str(environment.context)) if environment else None
         image_id = f"mlplatform-local://{built.name}" if built else ""
         if waiting is None and latest is not None and latest.running and latest.started_at is None:
             waiting = ("ContainerCreating", "")
-        return ContainerView(name, container["image"], image_id, latest, previous, waiting, bool(ready), started)
+        return ContainerView(
+            name, container["image"], image_id, latest, previous, waiting, bool(ready), started
+        )
 
     async def report(self) -> None:
         spec = self.pod["spec"]
@@ -671,19 +732,29 @@ class PodWorker:
         record = runtime.read_sandbox(self.layout)
         sandbox_ready = record is not None and record.holder.alive()
         host = self.node.config.network.host_address
-        pod_ip = (host if spec.get("hostNetwork") else record.ip) if record else (self.reported or {}).get("podIP")
+        pod_ip = (
+            (host if spec.get("hostNetwork") else record.ip) if record else (self.reported or {}).get("podIP")
+        )
         current = self.pod.get("status") or {}
         status = pod_status(
-            self.pod, init_views, views, sandbox_ready=sandbox_ready, pod_ip=pod_ip, host_ip=host,
-            start_time=current.get("startTime") or rfc3339(), stamp=rfc3339(), reason=self.terminal_reason,
+            self.pod,
+            init_views,
+            views,
+            sandbox_ready=sandbox_ready,
+            pod_ip=pod_ip,
+            host_ip=host,
+            start_time=current.get("startTime") or rfc3339(),
+            stamp=rfc3339(),
+            reason=self.terminal_reason,
         )
         comparable = _without_times(status)
         if self.reported is not None and _without_times(self.reported) == comparable:
             return
         if status["phase"] != (self.reported or {}).get("phase"):
             log.info("pod %s: %s", self.name, status["phase"])
-        updated = await self.node.api.patch_pod_status(self.pod["metadata"]["namespace"],
-                                                       self.pod["metadata"]["name"], status)
+        updated = await self.node.api.patch_pod_status(
+            self.pod["metadata"]["namespace"], self.pod["metadata"]["name"], status
+        )
         self.pod = {**self.pod, "status": updated.get("status", status)}
         self.reported = status
 
@@ -693,7 +764,7 @@ def _text(data: Mapping[str, bytes] | None) -> dict[str, str] | None:
 
 
 def _without_times(status: Manifest) -> Manifest:
-    copy = json.loads(json.dumps(status))
+    copy: Manifest = json.loads(json.dumps(status))
     for condition in copy.get("conditions", []):
         condition.pop("lastTransitionTime", None)
     return copy
