@@ -454,12 +454,21 @@ class PodWorker:
         await asyncio.to_thread(runtime.start_container, self.layout, spec, number)
         log.info("pod %s: started container %s (attempt %d)", self.name, name, number)
         await self.event("Normal", "Started", f"Started container {name}")
-        await asyncio.sleep(0.05)  # let the shim record the process before probes look for it
+        await self.until_recorded(name, number)
         self.watch_exit(name, number)
         latest, _ = self.attempts(name)
         if latest is not None and not self.is_init(name):
             self.start_probes(container, latest)
         self.wake_in(0.5)
+
+    async def until_recorded(self, name: str, number: int, timeout: float = 5.0) -> None:
+        """Wait (briefly) for the shim to record the start, so the next report already says Running."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            attempt = runtime.read_attempt(self.layout, name, number)
+            if attempt.started_at is not None or attempt.finished:
+                return
+            await asyncio.sleep(0.01)
 
     def watch_exit(self, name: str, number: int) -> None:
         """Wake this worker the moment the shim of a container attempt exits (a pidfd on the event loop)."""
