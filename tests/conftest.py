@@ -27,6 +27,9 @@ from mlplatform.local.config import (
     load_config,
 )
 from mlplatform.local.platform import is_root
+from mlplatform.local.stack import endpoints
+from mlplatform.local.stack.credentials import load_credentials
+from stack import Stack
 
 
 def _own_cluster_config(state_dir: Path) -> LocalConfig:
@@ -53,6 +56,21 @@ def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCon
         yield config
     finally:
         cluster.down(config)
+
+
+@pytest.fixture(scope="session")
+def mlflow_stack(local_cluster: LocalConfig) -> Stack:
+    """The session cluster's MLflow stack: where it listens and its credentials (read from their files)."""
+    assert local_cluster.stack, "the session cluster runs without its MLflow stack"
+    return Stack(
+        local_cluster, endpoints(local_cluster), load_credentials(StateLayout(local_cluster.state_dir))
+    )
+
+
+@pytest.fixture
+def experiment() -> str:
+    """A fresh experiment name for one test."""
+    return f"test-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture(scope="session")

@@ -10,18 +10,14 @@ import json
 import os
 import socket
 import subprocess
-import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
-import psycopg2
 import pytest
-import requests
 
-from mlplatform.local.config import LocalConfig, StateLayout
+from mlplatform.local.config import LocalConfig
 from mlplatform.local.images import (
     ImageEnvironment,
     ensure_environment,
@@ -30,66 +26,8 @@ from mlplatform.local.images import (
     load_image_map,
     resolve_image,
 )
-from mlplatform.local.stack import StackEndpoints, endpoints
-from mlplatform.local.stack.credentials import StackCredentials, load_credentials
 
 SCRIPTS = Path(__file__).parent / "scripts"
-
-
-@dataclass(frozen=True)
-class Stack:
-    config: LocalConfig
-    endpoints: StackEndpoints
-    credentials: StackCredentials
-
-    @property
-    def tracking_uri(self) -> str:
-        return self.endpoints.tracking_uri
-
-    def api(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        """Call MLflow's REST API directly (as the operator does), not through a client library."""
-        return requests.request(method, f"{self.tracking_uri}/api/2.0/mlflow/{path}", timeout=30, **kwargs)
-
-    def database(self) -> Any:
-        """A psycopg2 connection to the tracking database, as the MLflow role."""
-        return psycopg2.connect(
-            host=self.endpoints.postgres_host,
-            port=self.endpoints.postgres_port,
-            dbname=self.endpoints.database,
-            user=self.endpoints.database_user,
-            password=self.credentials.postgres_password,
-            connect_timeout=5,
-        )
-
-    def query(self, sql: str, *params: object) -> list[tuple[Any, ...]]:
-        with self.database() as connection, connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            rows: list[tuple[Any, ...]] = cursor.fetchall()
-        connection.close()
-        return rows
-
-    def trainer_env(self, experiment: str, **extra: str) -> dict[str, str]:
-        """The documented environment of a trainer (trainer_images/README.md), nothing else."""
-        return {"MLFLOW_TRACKING_URI": self.tracking_uri, "MLFLOW_EXPERIMENT_NAME": experiment, **extra}
-
-    def s3(self) -> Any:
-        """A boto3 client for MinIO itself, with the stack's root credentials."""
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoints.s3_endpoint,
-            region_name="us-east-1",
-            aws_access_key_id=self.credentials.minio_user,
-            aws_secret_access_key=self.credentials.minio_password,
-        )
-
-
-@pytest.fixture(scope="session")
-def mlflow_stack(local_cluster: LocalConfig) -> Stack:
-    """The session cluster's MLflow stack: where it listens and its credentials (read from their files)."""
-    assert local_cluster.stack, "the session cluster runs without its MLflow stack"
-    return Stack(
-        local_cluster, endpoints(local_cluster), load_credentials(StateLayout(local_cluster.state_dir))
-    )
 
 
 @dataclass(frozen=True)
@@ -172,12 +110,6 @@ def images(build_image: Callable[[str, Path], Image]) -> dict[str, Image]:
         assert environment is not None, name
         built[name.split("/")[1]] = build_image(name, environment.context)
     return built
-
-
-@pytest.fixture
-def experiment() -> str:
-    """A fresh experiment name for one test."""
-    return f"test-{uuid.uuid4().hex[:8]}"
 
 
 def free_port() -> int:

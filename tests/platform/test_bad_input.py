@@ -20,7 +20,8 @@ from mlplatform.local.stack.credentials import pgpass_line, write_private
 from mlplatform.versions import MLFLOW_VERSION
 
 if TYPE_CHECKING:
-    from conftest import Image, Stack
+    from conftest import Image
+    from stack import Stack
 
 pytestmark = pytest.mark.platform
 OTHER_MLFLOW = "3.17.1"  # a real release next to MLFLOW_VERSION

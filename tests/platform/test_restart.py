@@ -13,7 +13,8 @@ import pytest
 from mlplatform.local.stack import postgres, start_service, stop_service
 
 if TYPE_CHECKING:
-    from conftest import Image, Stack
+    from conftest import Image
+    from stack import Stack
 
 pytestmark = pytest.mark.platform
 SCRIPTS = Path(__file__).parent / "scripts"

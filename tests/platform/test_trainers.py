@@ -15,7 +15,8 @@ import requests
 from mlplatform.versions import MLFLOW_VERSION
 
 if TYPE_CHECKING:  # the fixtures' types, from tests/platform/conftest.py
-    from conftest import Image, Stack
+    from conftest import Image
+    from stack import Stack
 
 pytestmark = pytest.mark.platform
 SCRIPTS = Path(__file__).parent / "scripts"

@@ -18,6 +18,7 @@ from mlplatform.local.errors import LocalError
 from mlplatform.local.files import write_if_changed
 
 STATE_MARKER = ".mlplatform-local"
+PLATFORM_NAMESPACE = "mlplatform-system"  # where the local platform names its services for pods
 CONFIG_FILE = "config.json"
 
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mlplatform.local import pki
-from mlplatform.local.config import LocalConfig, StateLayout
+from mlplatform.local.config import PLATFORM_NAMESPACE, LocalConfig, StateLayout
 from mlplatform.local.controlplane import kubectl_apply, tls_context, write_private_yaml
 from mlplatform.local.files import write_if_changed
 from mlplatform.local.kubeconfig import write_kubeconfig
@@ -25,6 +25,7 @@ from mlplatform.local.node import runtime
 from mlplatform.local.node.layout import NodeLayout
 from mlplatform.local.platform import Context, Service
 from mlplatform.local.processes import Check, ProcessSpec
+from mlplatform.local.stack import minio, tracking
 
 NODE_AGENT = "node-agent"
 KUBE_PROXY = "kube-proxy"
@@ -69,11 +70,53 @@ def corefile(config: LocalConfig, layout: StateLayout) -> str:
 """
 
 
+def host_service(
+    config: LocalConfig,
+    namespace: str,
+    name: str,
+    ports: Sequence[Manifest],
+    labels: dict[str, str] | None = None,
+) -> list[Manifest]:
+    """A Service whose one endpoint is on the host address: how pods reach host-side services
+    (CoreDNS, the MLflow stack) by name, the way they would reach them in a real cluster."""
+    service: Manifest = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels or {}},
+        "spec": {
+            "ports": [
+                {k: v for k, v in p.items() if k != "hostPort"} | {"targetPort": p["hostPort"]} for p in ports
+            ]
+        },
+    }
+    if name == DNS_SERVICE:
+        service["spec"]["clusterIP"] = config.network.dns_service_ip
+    endpoints: Manifest = {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": f"{name}-host",
+            "namespace": namespace,
+            "labels": {
+                "kubernetes.io/service-name": name,
+                "endpointslice.kubernetes.io/managed-by": MANAGED_BY,
+            },
+        },
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [config.network.host_address], "conditions": {"ready": True}}],
+        "ports": [
+            {"name": p["name"], "port": p["hostPort"], "protocol": p.get("protocol", "TCP")} for p in ports
+        ],
+    }
+    return [service, endpoints]
+
+
 def dns_objects(config: LocalConfig) -> list[Manifest]:
     """CoreDNS's read access, and the kube-dns Service whose endpoint is CoreDNS on the host address."""
+    dns = config.ports.dns
     ports = [
-        {"name": "dns", "port": config.ports.dns, "protocol": "UDP"},
-        {"name": "dns-tcp", "port": config.ports.dns, "protocol": "TCP"},
+        {"name": "dns", "port": dns, "hostPort": dns, "protocol": "UDP"},
+        {"name": "dns-tcp", "port": dns, "hostPort": dns, "protocol": "TCP"},
     ]
     rbac = "rbac.authorization.k8s.io"
     return [
@@ -101,34 +144,32 @@ def dns_objects(config: LocalConfig) -> list[Manifest]:
             "roleRef": {"apiGroup": rbac, "kind": "ClusterRole", "name": pki.COREDNS_USER},
             "subjects": [{"apiGroup": rbac, "kind": "User", "name": pki.COREDNS_USER}],
         },
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {
-                "name": DNS_SERVICE,
-                "namespace": "kube-system",
-                "labels": {"k8s-app": DNS_SERVICE, "kubernetes.io/name": "CoreDNS"},
-            },
-            "spec": {
-                "clusterIP": config.network.dns_service_ip,
-                "ports": [{**p, "targetPort": p["port"]} for p in ports],
-            },
-        },
-        {
-            "apiVersion": "discovery.k8s.io/v1",
-            "kind": "EndpointSlice",
-            "metadata": {
-                "name": f"{DNS_SERVICE}-host",
-                "namespace": "kube-system",
-                "labels": {
-                    "kubernetes.io/service-name": DNS_SERVICE,
-                    "endpointslice.kubernetes.io/managed-by": MANAGED_BY,
-                },
-            },
-            "addressType": "IPv4",
-            "endpoints": [{"addresses": [config.network.host_address], "conditions": {"ready": True}}],
-            "ports": ports,
-        },
+        *host_service(
+            config,
+            "kube-system",
+            DNS_SERVICE,
+            ports,
+            {"k8s-app": DNS_SERVICE, "kubernetes.io/name": "CoreDNS"},
+        ),
+    ]
+
+
+def stack_objects(config: LocalConfig) -> list[Manifest]:
+    """In-cluster names of the MLflow stack: mlflow.mlplatform-system:5000, minio.mlplatform-system:9000."""
+    return [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": PLATFORM_NAMESPACE}},
+        *host_service(
+            config,
+            PLATFORM_NAMESPACE,
+            tracking.IN_CLUSTER_NAME,
+            [{"name": "http", "port": tracking.IN_CLUSTER_PORT, "hostPort": config.ports.mlflow}],
+        ),
+        *host_service(
+            config,
+            PLATFORM_NAMESPACE,
+            minio.IN_CLUSTER_NAME,
+            [{"name": "s3", "port": minio.IN_CLUSTER_PORT, "hostPort": config.ports.minio}],
+        ),
     ]
 
 
@@ -224,7 +265,8 @@ class LocalNode:
         kubectl_apply(ctx, dns_objects(config))  # CoreDNS needs its read access before it can be ready
 
     def finish(self, ctx: Context) -> None:
-        """Everything the node needs is in place once its services are ready."""
+        if ctx.config.stack:
+            kubectl_apply(ctx, stack_objects(ctx.config))
 
     def teardown(self, ctx: Context) -> None:
         runtime.kill_everything(NodeLayout(ctx.layout.node))

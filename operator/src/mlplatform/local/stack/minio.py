@@ -14,6 +14,8 @@ SERVICE = "minio"
 BINARY = "minio"  # gobuild.BINARIES
 BUCKET = "mlflow"
 REGION = "us-east-1"
+IN_CLUSTER_NAME = "minio"  # the Service pods reach MinIO by (see node/part.py)
+IN_CLUSTER_PORT = 9000
 
 
 def endpoint(config: LocalConfig) -> str:

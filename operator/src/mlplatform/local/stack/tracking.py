@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from mlplatform.local.config import LocalConfig, StateLayout
+from mlplatform.local.config import PLATFORM_NAMESPACE, LocalConfig, StateLayout
 from mlplatform.local.errors import LocalError
 from mlplatform.local.images import (
     ImageEnvironment,
@@ -27,6 +27,8 @@ from mlplatform.local.stack.credentials import StackCredentials, pgpass_file
 SERVICE = "mlflow-server"
 SERVER_IMAGE = "mlplatform/mlflow-server"
 WORKERS = 1  # two cores here; the chart sets more
+IN_CLUSTER_NAME = "mlflow"  # the Service pods reach the server by (see node/part.py)
+IN_CLUSTER_PORT = 5000
 
 
 def tracking_uri(config: LocalConfig) -> str:
@@ -40,13 +42,30 @@ def server_image() -> ImageEnvironment:
     return image
 
 
+def in_cluster_hosts(config: LocalConfig) -> list[str]:
+    """The names pods use for the server's Service: short, namespaced, and fully qualified."""
+    service = f"{IN_CLUSTER_NAME}.{PLATFORM_NAMESPACE}"
+    return [IN_CLUSTER_NAME, service, f"{service}.svc", f"{service}.svc.{config.network.cluster_domain}"]
+
+
+def in_cluster_uri(config: LocalConfig) -> str:
+    return f"http://{in_cluster_hosts(config)[-1]}:{IN_CLUSTER_PORT}"
+
+
 def allowed_hosts(config: LocalConfig) -> str:
-    """Host headers the server accepts: its own address and loopback, with and without the port."""
+    """Host headers the server accepts (with and without the port): its own address and loopback, and,
+    with a node, the names pods reach it by. Anything else is refused (DNS-rebinding protection)."""
     port = config.ports.mlflow
-    hosts = dict.fromkeys(
-        name for host in (config.bind_address, "127.0.0.1", "localhost") for name in (host, f"{host}:{port}")
-    )
-    return ",".join(hosts)
+    hosts = [
+        f"{host}{suffix}"
+        for host in (config.bind_address, "127.0.0.1", "localhost")
+        for suffix in ("", f":{port}")
+    ]
+    if config.node:
+        hosts += [
+            f"{host}{suffix}" for host in in_cluster_hosts(config) for suffix in ("", f":{IN_CLUSTER_PORT}")
+        ]
+    return ",".join(dict.fromkeys(hosts))
 
 
 def server_env(
