@@ -3,6 +3,9 @@
 The session's local cluster comes from `mlplatform local`:
 - MLPLATFORM_TEST_CLUSTER=reuse  test against the running cluster in $MLPLATFORM_STATE_DIR (or the default
                                  state directory) and leave it running;
+- MLPLATFORM_TEST_CLUSTER=external test the control-plane tier against the cluster of $KUBECONFIG (kind, a
+                                 real cluster) with the kubectl on PATH; tests that need the local node or
+                                 the local MLflow stack are skipped;
 - otherwise (the default)        bring a cluster up in a temporary state directory and take it down after.
 MLPLATFORM_TEST_PORT_OFFSET moves the ports of an own cluster; MLPLATFORM_TEST_NO_NODE=1 leaves the node out.
 """
@@ -10,6 +13,7 @@ MLPLATFORM_TEST_PORT_OFFSET moves the ports of an own cluster; MLPLATFORM_TEST_N
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,9 +44,15 @@ def _own_cluster_config(state_dir: Path) -> LocalConfig:
     )
 
 
+def external() -> bool:
+    return os.environ.get("MLPLATFORM_TEST_CLUSTER") == "external"
+
+
 @pytest.fixture(scope="session")
 def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalConfig]:
     """A running local cluster for the whole test session."""
+    if external():
+        pytest.skip("needs the local cluster (MLPLATFORM_TEST_CLUSTER=external)")
     if os.environ.get("MLPLATFORM_TEST_CLUSTER") == "reuse":
         saved = load_config(default_state_dir())
         if saved is None or any(s.pid is None for s in cluster.status(saved)):
@@ -74,13 +84,24 @@ def experiment() -> str:
 
 
 @pytest.fixture(scope="session")
-def kubeconfig(local_cluster: LocalConfig) -> Path:
-    return StateLayout(local_cluster.state_dir).admin_kubeconfig
+def kubeconfig(request: pytest.FixtureRequest) -> Path:
+    """The admin kubeconfig of the session cluster (external: $KUBECONFIG)."""
+    if external():
+        return Path(os.environ.get("KUBECONFIG") or Path.home() / ".kube" / "config")
+    local: LocalConfig = request.getfixturevalue("local_cluster")
+    return StateLayout(local.state_dir).admin_kubeconfig
 
 
 @pytest.fixture(scope="session")
-def kubectl_bin(local_cluster: LocalConfig) -> Path:
-    return StateLayout(local_cluster.state_dir).bin / "kubectl"
+def kubectl_bin(request: pytest.FixtureRequest) -> Path:
+    """The session cluster's kubectl, of its own Kubernetes version (external: the one on PATH)."""
+    if external():
+        found = shutil.which("kubectl")
+        if found is None:
+            pytest.fail("MLPLATFORM_TEST_CLUSTER=external needs kubectl on PATH")
+        return Path(found)
+    local: LocalConfig = request.getfixturevalue("local_cluster")
+    return StateLayout(local.state_dir).bin / "kubectl"
 
 
 @pytest.fixture(scope="session")

@@ -143,6 +143,7 @@ nested = pathlib.Path('/etc/settings/conf/a.conf').read_text().strip()
 mode = pathlib.Path('/etc/settings/mode').read_text()
 print('files', mode, nested, secret.read_text(), oct(secret.stat().st_mode & 0o777))
 print('workdir', os.getcwd())
+print('ip', env['IP'])
 """
     apply(
         kubectl_bin,
@@ -171,6 +172,7 @@ print('workdir', os.getcwd())
                             },
                             {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
                             {"name": "GREETING", "value": "hello-$(POD)"},
+                            {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
                         ],
                         "volumeMounts": [
                             {"name": "settings", "mountPath": "/etc/settings"},
@@ -202,7 +204,9 @@ print('workdir', os.getcwd())
     assert "env fast s3cr3t reader hello-reader" in logs
     assert "files fast a=1 s3cr3t 0o400" in logs
     assert "workdir /work/dir" in logs
-    assert pod(core, namespace, "reader").status.phase == "Succeeded"
+    finished = pod(core, namespace, "reader")
+    assert finished.status.phase == "Succeeded"
+    assert f"ip {finished.status.pod_ip}" in logs
 
 
 def test_missing_secret_holds_the_container_until_it_exists(

@@ -518,7 +518,7 @@ class PodWorker:
         )
         services = await self.service_links(namespace)
         env = self.image_env(environment, built, container)
-        env.update(container_env(self.pod, container, lookups, services, self.node.allocatable))
+        env.update(container_env(self.with_addresses(), container, lookups, services, self.node.allocatable))
         identity = self.identity(container, environment)
         env.setdefault("HOME", "/root" if not identity.uid else "/")
         argv = container_argv(container, environment.entrypoint, environment.cmd, env)
@@ -539,6 +539,14 @@ class PodWorker:
             state_file=str(layout.state_file),
             exit_file=str(layout.exit_file),
         )
+
+    def with_addresses(self) -> Manifest:
+        """The pod with the IPs the node knows before it reports them: fieldRef status.podIP works at once."""
+        record = runtime.read_sandbox(self.layout)
+        host = self.node.config.network.host_address
+        pod_ip = host if self.pod["spec"].get("hostNetwork") or record is None else record.ip
+        addresses = {"podIP": pod_ip, "podIPs": [{"ip": pod_ip}], "hostIP": host, "hostIPs": [{"ip": host}]}
+        return {**self.pod, "status": {**(self.pod.get("status") or {}), **addresses}}
 
     async def service_links(self, namespace: str) -> dict[str, str]:
         api = self.node.api
