@@ -48,7 +48,10 @@ def host_ports(config: LocalConfig) -> list[int]:
 
 
 def firewall_rules(config: LocalConfig) -> dict[str, list[list[str]]]:
-    """The rules of our chains, as iptables arguments (pure)."""
+    """The rules of our chains, as iptables arguments (pure).
+
+    Written the way `iptables -S` lists them, so `ensure_firewall` recognises rules already in place.
+    """
     bridge = config.network.bridge
     reject = ["-j", "REJECT", "--reject-with", "icmp-net-prohibited"]
     tcp_ports = ",".join(str(p) for p in host_ports(config))
@@ -59,9 +62,9 @@ def firewall_rules(config: LocalConfig) -> dict[str, list[list[str]]]:
             ["-o", bridge, *reject],
         ],
         INPUT_CHAIN: [
-            ["-i", bridge, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"],
+            ["-i", bridge, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"],
             ["-i", bridge, "-p", "tcp", "-m", "multiport", "--dports", tcp_ports, "-j", "ACCEPT"],
-            ["-i", bridge, "-p", "udp", "--dport", str(config.ports.dns), "-j", "ACCEPT"],
+            ["-i", bridge, "-p", "udp", "-m", "udp", "--dport", str(config.ports.dns), "-j", "ACCEPT"],
             ["-i", bridge, *reject],
         ],
     }

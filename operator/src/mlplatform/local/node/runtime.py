@@ -114,7 +114,17 @@ def resolv_conf(pod: Manifest, network: Network, host_resolv: str) -> str:
         searches = [f"{pod['metadata']['namespace']}.svc.{domain}", f"svc.{domain}", domain]
         options = ["ndots:5"]
     elif policy == "Default":
-        return host_resolv
+        if not spec.get("dnsConfig"):
+            return host_resolv
+        # dnsConfig works with every policy: with Default it is merged into the host's settings.
+        for line in host_resolv.splitlines():
+            keyword, *values = line.split("#", 1)[0].split() or [""]
+            if keyword == "nameserver":
+                nameservers += values[:1]
+            elif keyword in ("search", "domain"):
+                searches = values
+            elif keyword == "options":
+                options += values
     extra = spec.get("dnsConfig") or {}
     nameservers += extra.get("nameservers") or []
     searches += extra.get("searches") or []

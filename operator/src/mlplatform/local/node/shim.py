@@ -138,6 +138,9 @@ class LogWriter:
         buffer = self.pending[stream] + data
         *lines, rest = buffer.split(b"\n")
         for line in lines:
+            while len(line) > MAX_LINE:  # a long line that arrived whole is split like one still arriving
+                self.handle.write(format_line(stream, line[:MAX_LINE], partial=True))
+                line = line[MAX_LINE:]  # noqa: PLW2901
             self.handle.write(format_line(stream, line))
         while len(rest) > MAX_LINE:
             self.handle.write(format_line(stream, rest[:MAX_LINE], partial=True))

@@ -122,16 +122,16 @@ def phase(restart_policy: str, init_views: Sequence[ContainerView], views: Seque
     running = sum(1 for v in views if v.latest and v.latest.running and v.waiting is None)
     stopped = [v for v in views if (v.latest and v.latest.finished and v.waiting is None) or v.crash_looping]
     waiting = len(views) - running - len(stopped)
-    if running and not waiting:
+    if waiting:
+        return "Pending"  # as the kubelet: a container that has not started yet keeps the pod Pending
+    if running:
         return "Running"
-    if not running and stopped and not waiting:
+    if stopped:
         if restart_policy == "Always":
             return "Running"
         if all(v.latest and v.latest.succeeded and not v.crash_looping for v in stopped):
             return "Succeeded"
         return "Failed" if restart_policy == "Never" else "Running"
-    if running:
-        return "Running"
     return "Pending"
 
 
