@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from mlplatform.local.cluster import bring_up
 from mlplatform.local.config import LocalConfig, Ports, StateLayout, claim_state_dir, default_cache_dir
 from mlplatform.local.gobuild import ensure_binaries
 from mlplatform.local.images import (
@@ -37,7 +38,7 @@ from mlplatform.local.images import (
     resolve_image,
 )
 from mlplatform.local.platform import Context, services_of
-from mlplatform.local.processes import ProcessTable, wait_for
+from mlplatform.local.processes import ProcessTable
 from mlplatform.local.stack import MlflowStack, endpoints
 
 
@@ -52,18 +53,7 @@ def stack_up(config: LocalConfig) -> float:
     part = MlflowStack()
     ctx = Context(config, layout, ProcessTable(layout.run, layout.logs), quiet)
     ctx.binaries = ensure_binaries(list(part.binaries(config)), config.cache_dir, quiet)
-    part.prepare(ctx)
-    for stage in part.stages(config):
-        records = {service.name: ctx.processes.start(service.spec(ctx)) for service in stage}
-        for service in stage:
-            wait_for(
-                service.ready(ctx),
-                service.timeout,
-                service.name,
-                log_file=ctx.processes.log_path(service.name),
-                proc=records[service.name],
-            )
-    part.finish(ctx)
+    bring_up(ctx, part)
     return time.monotonic() - started
 
 

@@ -71,3 +71,49 @@ def pods_of(core: client.CoreV1Api, namespace: str, selector: str) -> list[clien
 
 def is_ready(found: client.V1Pod) -> bool:
     return any(c.type == "Ready" and c.status == "True" for c in found.status.conditions or [])
+
+
+def job_outcome(api_client: client.ApiClient, namespace: str, name: str, timeout: float = 120) -> str:
+    """Wait for a Job to finish: its terminal condition, "Complete" or "Failed"."""
+    batch = client.BatchV1Api(api_client)
+
+    def condition() -> str | None:
+        conditions = batch.read_namespaced_job(name, namespace).status.conditions or []
+        done = [c.type for c in conditions if c.status == "True" and c.type in ("Complete", "Failed")]
+        return done[0] if done else None
+
+    outcome: str = eventually(condition, timeout=timeout, what=f"job {name} finished")
+    return outcome
+
+
+def finished(core: client.CoreV1Api, namespace: str, name: str, timeout: float = 60) -> client.V1Pod:
+    """Wait for a pod to end (Succeeded or Failed) and return it."""
+
+    def ended() -> client.V1Pod | None:
+        found = pod(core, namespace, name)
+        return found if found is not None and found.status.phase in ("Succeeded", "Failed") else None
+
+    result: client.V1Pod = eventually(ended, timeout=timeout, what=f"pod {name} finished")
+    return result
+
+
+def python_pod(
+    name: str, script: str, *args: str, restart_policy: str = "Never", **container: Any
+) -> dict[str, Any]:
+    """A pod whose one container runs `python3 -c script args…` in the `python` image."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "restartPolicy": restart_policy,
+            "containers": [
+                {
+                    "name": "main",
+                    "image": "python:3.11",
+                    "command": ["python3", "-c", script, *args],
+                    **container,
+                }
+            ],
+        },
+    }

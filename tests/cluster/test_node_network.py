@@ -10,7 +10,7 @@ import psutil
 import pytest
 from kubernetes import client
 
-from kube import apply, eventually, is_ready, kubectl, pod, pods_of
+from kube import apply, eventually, finished, is_ready, kubectl, pod, pods_of
 from mlplatform.local.config import LocalConfig
 
 pytestmark = pytest.mark.cluster
@@ -127,9 +127,7 @@ def test_replicas_share_a_port_services_route_by_dns_and_scale_to_zero_stops_the
             },
         },
     )
-    eventually(
-        lambda: pod(core, namespace, "client").status.phase in ("Succeeded", "Failed"), what="client done"
-    )
+    finished(core, namespace, "client")
     logs = kubectl(kubectl_bin, kubeconfig, "logs", "-n", namespace, "client").stdout
     service_ip = core.read_namespaced_service("web", namespace).spec.cluster_ip
     replica_names = {p.metadata.name for p in replicas}

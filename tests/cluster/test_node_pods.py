@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from kube import apply, container_state, eventually, kubectl, pod, pods_of
+from kube import apply, container_state, eventually, finished, job_outcome, kubectl, pod, pods_of
 from mlplatform.local.config import LocalConfig
 
 pytestmark = pytest.mark.cluster
@@ -39,12 +39,6 @@ def job(name: str, command: list[str], image: str = "python:3.11-slim", **spec: 
     }
 
 
-def job_condition(batch: client.BatchV1Api, namespace: str, name: str) -> str | None:
-    conditions = batch.read_namespaced_job(name, namespace).status.conditions or []
-    done = [c.type for c in conditions if c.status == "True" and c.type in ("Complete", "Failed")]
-    return done[0] if done else None
-
-
 def test_job_runs_python_and_completes_and_its_logs_are_served(
     api_client: client.ApiClient, namespace: str, kubectl_bin: Path, kubeconfig: Path
 ) -> None:
@@ -52,15 +46,15 @@ def test_job_runs_python_and_completes_and_its_logs_are_served(
         "import socket, sys; print('trained on', socket.gethostname()); print('to stderr', file=sys.stderr)"
     )
     apply(kubectl_bin, kubeconfig, namespace, job("hello", ["python3", "-c", script]))
-    batch, core = client.BatchV1Api(api_client), client.CoreV1Api(api_client)
-    assert eventually(lambda: job_condition(batch, namespace, "hello"), what="job finished") == "Complete"
+    core = client.CoreV1Api(api_client)
+    assert job_outcome(api_client, namespace, "hello") == "Complete"
 
-    [finished] = pods_of(core, namespace, "job-name=hello")
-    terminated = container_state(finished).terminated
+    [done] = pods_of(core, namespace, "job-name=hello")
+    terminated = container_state(done).terminated
     assert (terminated.exit_code, terminated.reason) == (0, "Completed")
-    assert finished.status.phase == "Succeeded"
-    logs = kubectl(kubectl_bin, kubeconfig, "logs", "-n", namespace, finished.metadata.name).stdout
-    assert f"trained on {finished.metadata.name}" in logs
+    assert done.status.phase == "Succeeded"
+    logs = kubectl(kubectl_bin, kubeconfig, "logs", "-n", namespace, done.metadata.name).stdout
+    assert f"trained on {done.metadata.name}" in logs
     assert "to stderr" in logs
     tail = (
         kubectl(
@@ -69,7 +63,7 @@ def test_job_runs_python_and_completes_and_its_logs_are_served(
             "logs",
             "-n",
             namespace,
-            finished.metadata.name,
+            done.metadata.name,
             "--tail=1",
             "--timestamps",
         )
@@ -83,8 +77,8 @@ def test_job_exiting_3_fails_with_exit_code_3(
     api_client: client.ApiClient, namespace: str, kubectl_bin: Path, kubeconfig: Path
 ) -> None:
     apply(kubectl_bin, kubeconfig, namespace, job("broken", ["python3", "-c", "raise SystemExit(3)"]))
-    batch, core = client.BatchV1Api(api_client), client.CoreV1Api(api_client)
-    assert eventually(lambda: job_condition(batch, namespace, "broken"), what="job finished") == "Failed"
+    core = client.CoreV1Api(api_client)
+    assert job_outcome(api_client, namespace, "broken") == "Failed"
     [failed] = pods_of(core, namespace, "job-name=broken")
     terminated = container_state(failed).terminated
     assert (terminated.exit_code, terminated.reason) == (3, "Error")
@@ -98,7 +92,7 @@ def test_job_with_unknown_image_fails_with_an_image_error(
         "ghost", ["train"], image="registry.example/nobody/no-such-image:1", activeDeadlineSeconds=15
     )
     apply(kubectl_bin, kubeconfig, namespace, manifest)
-    core, batch = client.CoreV1Api(api_client), client.BatchV1Api(api_client)
+    core = client.CoreV1Api(api_client)
 
     def waiting() -> client.V1ContainerStateWaiting | None:
         pods = pods_of(core, namespace, "job-name=ghost")
@@ -111,10 +105,7 @@ def test_job_with_unknown_image_fails_with_an_image_error(
 
     state = eventually(waiting, what="an image pull error")
     assert "registry.example/nobody/no-such-image:1" in state.message
-    assert (
-        eventually(lambda: job_condition(batch, namespace, "ghost"), timeout=60, what="job failed")
-        == "Failed"
-    )
+    assert job_outcome(api_client, namespace, "ghost") == "Failed"
 
 
 def test_configmap_and_secret_reach_the_process_as_files_and_env(
@@ -196,17 +187,13 @@ print('ip', env['IP'])
             },
         },
     )
-    eventually(
-        lambda: (p := pod(core, namespace, "reader")) and p.status.phase in ("Succeeded", "Failed"),
-        what="reader finished",
-    )
+    reader = finished(core, namespace, "reader")
     logs = kubectl(kubectl_bin, kubeconfig, "logs", "-n", namespace, "reader").stdout
     assert "env fast s3cr3t reader hello-reader" in logs
     assert "files fast a=1 s3cr3t 0o400" in logs
     assert "workdir /work/dir" in logs
-    finished = pod(core, namespace, "reader")
-    assert finished.status.phase == "Succeeded"
-    assert f"ip {finished.status.pod_ip}" in logs
+    assert reader.status.phase == "Succeeded"
+    assert f"ip {reader.status.pod_ip}" in logs
 
 
 def test_missing_secret_holds_the_container_until_it_exists(

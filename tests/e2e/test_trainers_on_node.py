@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from kube import apply, container_state, eventually, kubectl, pods_of
+from kube import apply, container_state, job_outcome, kubectl, pods_of
 from mlplatform.local.stack.tracking import in_cluster_uri
 from stack import Stack
 
@@ -62,18 +62,6 @@ def trainer_job(
     }
 
 
-def finished_job(api_client: client.ApiClient, namespace: str, name: str) -> str:
-    batch = client.BatchV1Api(api_client)
-
-    def condition() -> str | None:
-        conditions = batch.read_namespaced_job(name, namespace).status.conditions or []
-        done = [c.type for c in conditions if c.status == "True" and c.type in ("Complete", "Failed")]
-        return done[0] if done else None
-
-    result: str = eventually(condition, timeout=600, what=f"job {name} finished")
-    return result
-
-
 def run_of(stack: Stack, experiment: str) -> dict[str, object]:
     found = stack.api("GET", "experiments/get-by-name", params={"experiment_name": experiment}).json()
     runs = stack.api("POST", "runs/search", json={"experiment_ids": [found["experiment"]["experiment_id"]]})
@@ -101,7 +89,7 @@ def test_minimal_trainer_pod_logs_to_the_stack_by_its_in_cluster_name(
             {"message": "from-the-node"},
         ),
     )
-    outcome = finished_job(api_client, namespace, "minimal")
+    outcome = job_outcome(api_client, namespace, "minimal")
     logs = kubectl(kubectl_bin, kubeconfig, "logs", "-n", namespace, "job/minimal").stdout
     assert outcome == "Complete", logs
 
@@ -143,7 +131,7 @@ def test_sklearn_trainer_pod_registers_a_model(
             {"alpha": "0.05", "registered_model_name": model},
         ),
     )
-    outcome = finished_job(api_client, namespace, "sklearn")
+    outcome = job_outcome(api_client, namespace, "sklearn")
     logs = kubectl(kubectl_bin, kubeconfig, "logs", "-n", namespace, "job/sklearn").stdout
     assert outcome == "Complete", logs
     run = run_of(mlflow_stack, experiment)
@@ -169,7 +157,7 @@ def test_trainer_with_an_unreachable_tracking_server_fails_with_the_reason(
     container["env"][0]["value"] = "http://nowhere.mlplatform-system.svc.cluster.local:5000"
     container["env"].append({"name": "MLPLATFORM_TRACKING_TIMEOUT", "value": "3"})
     apply(kubectl_bin, kubeconfig, namespace, job)
-    assert finished_job(api_client, namespace, "lost") == "Failed"
+    assert job_outcome(api_client, namespace, "lost") == "Failed"
     [failed] = pods_of(client.CoreV1Api(api_client), namespace, "job-name=lost")
     assert container_state(failed).terminated.exit_code != 0
     logs = kubectl(kubectl_bin, kubeconfig, "logs", "-n", namespace, failed.metadata.name).stdout

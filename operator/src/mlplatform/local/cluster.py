@@ -67,6 +67,14 @@ def _start_stage(ctx: Context, stage: Sequence[Service]) -> None:
         )
 
 
+def bring_up(ctx: Context, part: Part) -> None:
+    """Prepare a part, start its services stage by stage (those not running yet), wait, then finish it."""
+    part.prepare(ctx)
+    for stage in part.stages(ctx.config):
+        _start_stage(ctx, stage)
+    part.finish(ctx)
+
+
 def up(config: LocalConfig, log: Log = print) -> LocalConfig:
     """Bring the local cluster up, or complete it if some of it runs already; return its configuration."""
     saved = load_config(config.state_dir)
@@ -89,10 +97,7 @@ def up(config: LocalConfig, log: Log = print) -> LocalConfig:
     ctx.binaries = ensure_binaries(names, config.cache_dir, log)
     # Every pass is complete and idempotent: a half-finished `up` is completed by the next one.
     for part in parts:
-        part.prepare(ctx)
-        for stage in part.stages(config):
-            _start_stage(ctx, stage)
-        part.finish(ctx)
+        bring_up(ctx, part)
     if missing:
         log(f"local cluster ready in {time.monotonic() - started:.1f}s (state in {config.state_dir})")
     else:
