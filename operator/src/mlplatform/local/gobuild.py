@@ -168,14 +168,29 @@ def go_toolchain() -> str:
     return go
 
 
-def _format_seconds(seconds: float) -> str:
+def format_seconds(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
-def _heartbeat(name: str, started: float, done: threading.Event, log: Log) -> None:
-    while not done.wait(60):
-        log(f"  … still building {name} ({_format_seconds(time.monotonic() - started)})")
+@contextlib.contextmanager
+def building(name: str, log: Log, every: float = 60) -> Iterator[Callable[[], float]]:
+    """While the block runs, say every minute that `name` is still building; yields the elapsed time."""
+    started = time.monotonic()
+    done = threading.Event()
+
+    def elapsed() -> float:
+        return time.monotonic() - started
+
+    def beat() -> None:
+        while not done.wait(every):
+            log(f"  … still building {name} ({format_seconds(elapsed())})")
+
+    threading.Thread(target=beat, daemon=True).start()
+    try:
+        yield elapsed
+    finally:
+        done.set()
 
 
 def _go_build(binary: GoBinary, output: Path, log: Log) -> None:
@@ -191,22 +206,17 @@ def _go_build(binary: GoBinary, output: Path, log: Log) -> None:
         str(output),
         binary.package,
     ]
-    started = time.monotonic()
-    done = threading.Event()
-    threading.Thread(target=_heartbeat, args=(binary.name, started, done, log), daemon=True).start()
-    try:
+    with building(binary.name, log) as elapsed:
         result = subprocess.run(
             argv, cwd=binary.wrapper_dir, env=env, capture_output=True, text=True, check=False
         )
-    finally:
-        done.set()
     if result.returncode != 0:
         tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-25:])
         raise LocalError(
             f"building {binary.name} {binary.version} failed (go build exit {result.returncode})",
             details=tail,
         )
-    log(f"built {binary.name} {binary.version} in {_format_seconds(time.monotonic() - started)}")
+    log(f"built {binary.name} {binary.version} in {format_seconds(elapsed())}")
 
 
 def ensure_binary(binary: GoBinary, cache_dir: Path, log: Log = print) -> Path:

@@ -21,8 +21,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +28,7 @@ from pathlib import Path
 import yaml
 
 from mlplatform.local.errors import LocalError
-from mlplatform.local.gobuild import _format_seconds, _heartbeat
+from mlplatform.local.gobuild import building, format_seconds
 
 REPO_ROOT = Path(__file__).resolve().parents[4]
 IMAGE_MAP_FILE = "local-images.yaml"
@@ -345,15 +343,11 @@ def ensure_environment(env: ImageEnvironment, cache_dir: Path, log: Log = print)
             return target
         log(f"building environment for {env.image} ({problem}) …")
         shutil.rmtree(target, ignore_errors=True)
-        started = time.monotonic()
-        done = threading.Event()
-        threading.Thread(target=_heartbeat, args=(env.image, started, done, log), daemon=True).start()
-        try:
-            _build(env, target)
-        except BaseException:
-            shutil.rmtree(target, ignore_errors=True)
-            raise
-        finally:
-            done.set()
-        log(f"built environment for {env.image} in {_format_seconds(time.monotonic() - started)}")
+        with building(f"the environment of {env.image}", log) as elapsed:
+            try:
+                _build(env, target)
+            except BaseException:
+                shutil.rmtree(target, ignore_errors=True)
+                raise
+        log(f"built environment for {env.image} in {format_seconds(elapsed())}")
     return target
