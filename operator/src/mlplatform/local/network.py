@@ -16,9 +16,11 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
+import psutil
+
 from mlplatform.local.config import LocalConfig, StateLayout
 from mlplatform.local.errors import LocalError
-from mlplatform.local.platform import Context, Service
+from mlplatform.local.platform import Context, Log, Service
 
 FORWARD_CHAIN = "MLPLATFORM-FORWARD"
 INPUT_CHAIN = "MLPLATFORM-INPUT"
@@ -145,15 +147,24 @@ def remove_kube_chains() -> None:
             raise LocalError(f"removing kube-proxy's iptables chains failed: {result.stderr.strip()}")
 
 
-def check_no_foreign_kube_proxy(layout: StateLayout) -> None:
-    """kube-proxy's chains are global to the machine: refuse to share them with another cluster's."""
+def _kube_proxy_running() -> bool:
+    return any(proc.info["name"] == "kube-proxy" for proc in psutil.process_iter(["name"]))
+
+
+def clear_stale_kube_chains(layout: StateLayout, log: Log) -> None:
+    """kube-proxy's chains are global to the machine: share them with no other kube-proxy, and remove the
+    ones a cluster left when it was killed rather than taken down (its kube-proxy is gone)."""
     if saved_sysctls(layout).exists():
-        return  # ours, from an earlier `up` of this cluster
-    if ":KUBE-SERVICES" in _run(["iptables-save", "-t", "nat"]).stdout:
+        return  # this cluster's own, from an earlier `up`
+    if ":KUBE-SERVICES" not in _run(["iptables-save", "-t", "nat"]).stdout:
+        return
+    if _kube_proxy_running():
         raise LocalError(
-            "this machine already runs a kube-proxy (iptables has KUBE-SERVICES): the local node "
-            "cannot share it; run `mlplatform local down` for a leftover local cluster, or use --no-node"
+            "this machine already runs a kube-proxy (iptables has KUBE-SERVICES): the local node cannot "
+            "share it; stop that cluster (`mlplatform local down` for a local one) or use --no-node"
         )
+    log("removing the iptables rules of an earlier cluster's kube-proxy, which no longer runs")
+    remove_kube_chains()
 
 
 def _sysctl_path(key: str) -> Path:
@@ -213,7 +224,7 @@ class HostNetwork:
         return []
 
     def prepare(self, ctx: Context) -> None:
-        check_no_foreign_kube_proxy(ctx.layout)
+        clear_stale_kube_chains(ctx.layout, ctx.log)
         ensure_bridge(ctx.config)
         set_sysctls(saved_sysctls(ctx.layout))
         ensure_firewall(ctx.config)
