@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from kube import apply, container_state, eventually, finished, job_outcome, kubectl, pod, pods_of
+from kube import apply, container_state, eventually, finished, job_outcome, kubectl, pod, pods_of, python_pod
 from mlplatform.local.config import LocalConfig
 
 pytestmark = pytest.mark.cluster
@@ -249,3 +249,22 @@ def test_missing_secret_holds_the_container_until_it_exists(
         what="the pod ran once the Secret existed",
     )
     assert kubectl(kubectl_bin, kubeconfig, "logs", "-n", namespace, "patient").stdout.strip() == "arrived"
+
+
+def test_host_path_volume_writes_reach_the_host(
+    api_client: client.ApiClient, namespace: str, kubectl_bin: Path, kubeconfig: Path, tmp_path: Path
+) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "from-host.txt").write_text("host says hi")
+    script = (
+        "import pathlib; d = pathlib.Path('/data');"
+        " print((d / 'from-host.txt').read_text()); (d / 'from-pod.txt').write_text('pod says hi')"
+    )
+    manifest = python_pod("writer", script, volumeMounts=[{"name": "shared", "mountPath": "/data"}])
+    manifest["spec"]["volumes"] = [{"name": "shared", "hostPath": {"path": str(shared), "type": "Directory"}}]
+    apply(kubectl_bin, kubeconfig, namespace, manifest)
+    core = client.CoreV1Api(api_client)
+    assert finished(core, namespace, "writer").status.phase == "Succeeded"
+    assert (shared / "from-pod.txt").read_text() == "pod says hi"
+    assert "host says hi" in kubectl(kubectl_bin, kubeconfig, "logs", "-n", namespace, "writer").stdout

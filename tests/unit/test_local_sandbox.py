@@ -6,10 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from mlplatform.local.node.sandbox import (
+    HOST_PATHS_IN_POD,
     VOLUMES_IN_POD,
     MountStep,
     SandboxSpec,
-    _host_entries,
+    host_entries,
     plan_rootfs,
 )
 
@@ -17,7 +18,7 @@ POD_ETC, POD_TMP, POD_VOLUMES = Path("/pods/u/etc"), Path("/pods/u/tmp"), Path("
 
 
 def plan(entries: list[tuple[str, str | None]], visible: list[str] | None = None) -> list[MountStep]:
-    return plan_rootfs(entries, POD_ETC, POD_TMP, POD_VOLUMES, visible or [])
+    return plan_rootfs(entries, POD_ETC, POD_TMP, POD_VOLUMES, visible_paths=visible or [])
 
 
 def test_host_entries_keep_folders_and_symlinks_and_skip_what_the_pod_replaces(tmp_path: Path) -> None:
@@ -25,7 +26,7 @@ def test_host_entries_keep_folders_and_symlinks_and_skip_what_the_pod_replaces(t
         (tmp_path / name).mkdir()
     (tmp_path / "bin").symlink_to("usr/bin")
     (tmp_path / "vmlinuz").write_text("a file at the root")
-    assert _host_entries(tmp_path) == [("bin", "usr/bin"), ("etc", None), ("opt", None), ("usr", None)]
+    assert host_entries(tmp_path) == [("bin", "usr/bin"), ("etc", None), ("opt", None), ("usr", None)]
 
 
 def test_plan_overlays_host_folders_and_keeps_symlinks() -> None:
@@ -83,3 +84,12 @@ def test_sandbox_spec_round_trips_through_json() -> None:
     again = SandboxSpec.from_json(spec.to_json())
     assert again == spec
     assert all(isinstance(step, MountStep) for step in again.steps)
+
+
+def test_host_path_volumes_bind_the_real_host_folder_out_of_the_overlay() -> None:
+    """A hostPath volume must write to the host: the plan binds the folder itself, not the overlay's view."""
+    steps = plan_rootfs(
+        [("srv", None)], POD_ETC, POD_TMP, POD_VOLUMES, visible_paths=[], host_paths={"shared": "/srv/shared"}
+    )
+    bind = next(s for s in steps if s.target == f"{HOST_PATHS_IN_POD}/shared")
+    assert (bind.op, bind.source, bind.readonly) == ("bind", "/srv/shared", False)

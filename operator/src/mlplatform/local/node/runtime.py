@@ -25,7 +25,7 @@ import psutil
 from mlplatform.local.config import Network
 from mlplatform.local.node import cgroups
 from mlplatform.local.node.layout import CGROUP_ROOT, NodeLayout, PodLayout
-from mlplatform.local.node.sandbox import SandboxSpec, _host_entries, plan_rootfs
+from mlplatform.local.node.sandbox import SandboxSpec, host_entries, plan_rootfs
 from mlplatform.local.node.shim import ContainerSpec
 from mlplatform.local.node.status import CONTAINER_ID_SCHEME, Attempt
 
@@ -230,7 +230,17 @@ def create_sandbox(
     (layout.etc / "hosts").write_text(hosts_file(pod, ip or network.host_address, network.cluster_domain))
     (layout.etc / "resolv.conf").write_text(resolv_conf(pod, network, Path("/etc/resolv.conf").read_text()))
     (layout.etc / "hostname").write_text(pod_hostname(pod) + "\n")
-    steps = plan_rootfs(_host_entries(Path("/")), layout.etc, layout.tmp, layout.volumes, visible_paths)
+    host_paths = {
+        v["name"]: v["hostPath"]["path"] for v in pod["spec"].get("volumes") or [] if "hostPath" in v
+    }
+    steps = plan_rootfs(
+        host_entries(Path("/")),
+        layout.etc,
+        layout.tmp,
+        layout.volumes,
+        visible_paths=visible_paths,
+        host_paths=host_paths,
+    )
     spec = SandboxSpec(pod_hostname(pod), str(layout.rootfs), str(layout.upper), steps, host_network)
     spec_file = layout.root / "sandbox-spec.json"
     spec_file.write_text(spec.to_json())

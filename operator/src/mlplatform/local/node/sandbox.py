@@ -16,7 +16,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from mlplatform.local.node import linux
 # Top-level host folders a pod does not see through: it gets its own instead.
 REPLACED = frozenset({"proc", "sys", "dev", "run", "tmp", "lost+found"})
 VOLUMES_IN_POD = "/.mlplatform/volumes"
+HOST_PATHS_IN_POD = "/.mlplatform/host-paths"  # hostPath volumes: the real host folders, not the overlay
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 
 
@@ -39,7 +40,8 @@ class MountStep:
     mode: int = 0o755
 
 
-def _host_entries(host_root: Path) -> list[tuple[str, str | None]]:
+def host_entries(host_root: Path) -> list[tuple[str, str | None]]:
+    """The host's top-level folders and links a pod's root is made of (name, link target or None)."""
     entries: list[tuple[str, str | None]] = []
     for entry in sorted(host_root.iterdir()):
         if entry.name in REPLACED:
@@ -61,7 +63,9 @@ def plan_rootfs(
     pod_etc: Path,
     pod_tmp: Path,
     pod_volumes: Path,
+    *,
     visible_paths: Sequence[str],
+    host_paths: Mapping[str, str] | None = None,
 ) -> list[MountStep]:
     """How to build a pod's root; `visible_paths` (environments, code) must appear at their host paths."""
     steps: list[MountStep] = []
@@ -90,6 +94,10 @@ def plan_rootfs(
             for name in ("hosts", "resolv.conf", "hostname")
         ),
         MountStep("bind", VOLUMES_IN_POD, source=str(pod_volumes)),
+        *(
+            MountStep("bind", f"{HOST_PATHS_IN_POD}/{name}", source=path)
+            for name, path in (host_paths or {}).items()
+        ),
     ]
     for path in visible_paths:
         if under_replaced(path):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from mlplatform.local.node import cgroups, linux
 from mlplatform.local.node.logs import format_line, timestamp
-from mlplatform.local.node.sandbox import VOLUMES_IN_POD
+from mlplatform.local.node.sandbox import HOST_PATHS_IN_POD, VOLUMES_IN_POD
 
 MAX_LINE = 16 * 1024
 EXIT_START_ERROR = 128
@@ -94,8 +94,9 @@ def _enter(spec: ContainerSpec, namespaces: list[tuple[int, int]], error_fd: int
         linux.make_private("/")
         for mount in spec.mounts:
             _mount(mount)
-        with contextlib.suppress(OSError):
-            linux.umount(VOLUMES_IN_POD)  # a container sees only the volumes it mounts
+        for hidden in (VOLUMES_IN_POD, HOST_PATHS_IN_POD):  # a container sees only the volumes it mounts
+            with contextlib.suppress(OSError):
+                linux.umount(hidden)
         os.makedirs(spec.working_dir, exist_ok=True)
         os.chdir(spec.working_dir)
         identity = spec.identity

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import json
 import logging
 import os
@@ -24,6 +23,7 @@ from typing import Any
 import aiohttp
 
 from mlplatform.local.config import LocalConfig
+from mlplatform.local.files import write_if_changed
 from mlplatform.local.images import ImageEnvironment, ensure_environment, load_image_map, resolve_image
 from mlplatform.local.node import runtime
 from mlplatform.local.node.api import NodeApi, rfc3339
@@ -37,8 +37,9 @@ from mlplatform.local.node.environment import (
     service_link_env,
 )
 from mlplatform.local.node.layout import NodeLayout, PodLayout
+from mlplatform.local.node.logs import parse_time
 from mlplatform.local.node.probes import ProbeRunner, ProbeTarget
-from mlplatform.local.node.sandbox import VOLUMES_IN_POD
+from mlplatform.local.node.sandbox import HOST_PATHS_IN_POD, VOLUMES_IN_POD
 from mlplatform.local.node.shim import ContainerSpec, Identity, Mount
 from mlplatform.local.node.status import Attempt, ContainerView, pod_status
 from mlplatform.local.node.volumes import (
@@ -94,12 +95,9 @@ def should_restart(restart_policy: str, attempt: Attempt, init: bool) -> bool:
     return True
 
 
-def parse_time(value: str) -> float:
-    return datetime.datetime.fromisoformat(
-        value.replace("Z", "+00:00").split(".")[0] + "+00:00"
-        if "." in value
-        else value.replace("Z", "+00:00")
-    ).timestamp()
+def epoch(stamp: str) -> float:
+    """Seconds since the epoch of an API timestamp (RFC 3339, with or without fractions)."""
+    return parse_time(stamp).timestamp()
 
 
 class PodWorker:
@@ -205,7 +203,8 @@ class PodWorker:
 
     def _remember_pod(self) -> None:
         self.layout.root.mkdir(parents=True, exist_ok=True)
-        self.layout.pod_file.write_text(json.dumps(self.pod))
+        # Atomically: the log endpoint reads it at any moment, and a half-written file loses the pod (404).
+        write_if_changed(self.layout.pod_file, json.dumps(self.pod))
 
     def finished(self) -> bool:
         return (self.reported or {}).get("phase") in ("Succeeded", "Failed")
@@ -218,7 +217,7 @@ class PodWorker:
     def deadline_exceeded(self) -> bool:
         deadline = self.pod["spec"].get("activeDeadlineSeconds")
         started = (self.pod.get("status") or {}).get("startTime")
-        return bool(deadline and started and time.time() - parse_time(started) > int(deadline))
+        return bool(deadline and started and time.time() - epoch(started) > int(deadline))
 
     # --- images, volumes, sandbox
     def all_containers(self) -> list[Manifest]:
@@ -328,13 +327,10 @@ class PodWorker:
 
     @staticmethod
     def _plain_volume(volume: Manifest, folder: Path, fs_group: int | None) -> None:
-        if "hostPath" in volume:
+        if "hostPath" in volume:  # the sandbox binds the host folder itself
             host = Path(volume["hostPath"]["path"])
-            if volume["hostPath"].get("type") in ("DirectoryOrCreate",) and not host.exists():
+            if volume["hostPath"].get("type") == "DirectoryOrCreate" and not host.exists():
                 host.mkdir(parents=True)
-            if not folder.is_symlink():
-                folder.parent.mkdir(parents=True, exist_ok=True)
-                folder.symlink_to(host)
             return
         folder.mkdir(parents=True, exist_ok=True)
         folder.chmod(0o777 if fs_group is None else 0o2775)
@@ -407,12 +403,7 @@ class PodWorker:
             name = container["name"]
             latest, _ = self.attempts(name)
             if latest is None:
-                if self.waiting.get(name, ("",))[0] in (
-                    "",
-                    "CreateContainerConfigError",
-                    "RunContainerError",
-                ):
-                    await self.start_container(container, 0)
+                await self.start_container(container, 0)
             elif latest.finished:
                 self.stop_probes(name)
                 if should_restart(policy, latest, init=False):
@@ -427,7 +418,7 @@ class PodWorker:
     async def restart_after_backoff(self, container: Manifest, latest: Attempt) -> None:
         name = container["name"]
         delay = backoff_seconds(latest.number + 1)
-        finished = parse_time(latest.finished_at) if latest.finished_at else time.time()
+        finished = epoch(latest.finished_at) if latest.finished_at else time.time()
         remaining = finished + delay - time.time()
         if remaining > 0:
             message = (
@@ -517,19 +508,22 @@ class PodWorker:
             {n: _text(await api.secret_data(namespace, n)) for n in secret_names},
         )
         services = await self.service_links(namespace)
-        env = self.image_env(environment, built, container)
+        env = self.image_env(environment, built)
         env.update(container_env(self.with_addresses(), container, lookups, services, self.node.allocatable))
         identity = self.identity(container, environment)
         env.setdefault("HOME", "/root" if not identity.uid else "/")
         argv = container_argv(container, environment.entrypoint, environment.cmd, env)
         limits = (container.get("resources") or {}).get("limits") or {}
         layout = self.layout.container(container["name"], number)
+        sandbox = runtime.read_sandbox(self.layout)
+        if sandbox is None:
+            raise ContainerConfigError("the pod sandbox is gone; it will be re-created")
         return ContainerSpec(
             name=container["name"],
             argv=argv,
             env=env,
             working_dir=container.get("workingDir") or environment.working_dir or "/",
-            sandbox_pid=runtime.read_sandbox(self.layout).holder.pid,  # type: ignore[union-attr]
+            sandbox_pid=sandbox.holder.pid,
             mounts=self.mounts(container, environment),
             identity=identity,
             cgroup=f"{runtime.pod_cgroup(self.uid)}/{container['name']}-{number}",
@@ -555,7 +549,8 @@ class PodWorker:
             services = [*(await api.services(namespace)), *services]
         return service_link_env(services)
 
-    def image_env(self, environment: ImageEnvironment, built: Path, container: Manifest) -> dict[str, str]:
+    def image_env(self, environment: ImageEnvironment, built: Path) -> dict[str, str]:
+        """What the image itself gives a process: its ENV, its environment first on PATH, the hostname."""
         env = dict(environment.env)
         env["PATH"] = f"{built / 'bin'}:{env.get('PATH', DEFAULT_PATH)}"
         env["VIRTUAL_ENV"] = str(built)
@@ -569,9 +564,7 @@ class PodWorker:
         volumes = {v["name"]: v for v in self.pod["spec"].get("volumes") or []}
         for mount in container.get("volumeMounts") or []:
             volume = volumes.get(mount["name"], {})
-            source = f"{VOLUMES_IN_POD}/{mount['name']}"
-            if "hostPath" in volume:
-                source = volume["hostPath"]["path"]
+            source = f"{HOST_PATHS_IN_POD if 'hostPath' in volume else VOLUMES_IN_POD}/{mount['name']}"
             if sub := mount.get("subPath"):
                 source = f"{source}/{sub}"
             readonly = bool(mount.get("readOnly")) or any(
@@ -587,7 +580,7 @@ class PodWorker:
         def pick(key: str) -> Any:
             return context.get(key, pod_context.get(key))
 
-        image_user = getattr(environment, "user", None)
+        image_user = environment.user
         uid = pick("runAsUser")
         if uid is None and image_user is not None:
             if not str(image_user).split(":")[0].isdigit():
