@@ -102,9 +102,11 @@ def test_claim_state_dir_refuses_a_users_folder_and_leaves_it_alone(tmp_path: Pa
     assert (folder / "chapter1.tex").read_text() == "precious"
 
 
-def test_load_config_none_for_a_new_folder_and_an_error_for_a_broken_file(tmp_path: Path) -> None:
+def test_load_config_none_for_a_new_or_users_folder_and_an_error_for_a_broken_file(tmp_path: Path) -> None:
     assert load_config(tmp_path / "nothing") is None
     (tmp_path / CONFIG_FILE).write_text('{"state_dir": "/x"}')
+    assert load_config(tmp_path) is None  # a user's config.json, in a folder that is not a cluster's
+    (tmp_path / STATE_MARKER).write_text("")
     with pytest.raises(LocalError, match="is not a valid local cluster configuration"):
         load_config(tmp_path)
 

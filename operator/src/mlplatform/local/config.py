@@ -207,9 +207,12 @@ class StateLayout:
 
 
 def load_config(state_dir: Path) -> LocalConfig | None:
-    """The saved configuration of the cluster in `state_dir`, or None if none was ever brought up there."""
+    """The saved configuration of the cluster in `state_dir`, or None if none was ever brought up there.
+
+    Without our marker the folder is not a cluster's, whatever files it holds (a user's config.json).
+    """
     layout = StateLayout(state_dir)
-    if not layout.config_file.is_file():
+    if not layout.marker.is_file() or not layout.config_file.is_file():
         return None
     try:
         return LocalConfig.from_json(layout.config_file.read_text())
