@@ -133,6 +133,7 @@ def test_port_already_taken_names_the_port_and_component_and_touches_nothing(
     state = tmp_path / "state"
     before = users_folder(state)
     with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a TIME_WAIT left is no conflict
         holder.bind(("127.0.0.1", PORTS.apiserver))
         holder.listen()
         result = up(state)
