@@ -94,19 +94,22 @@ class LogServer:
         since = _since(request)
         response = web.StreamResponse(headers={"Content-Type": "text/plain"})
         await response.prepare(request)
-        lines = select(list(read_lines(layout.log(container, number))), tail, since)
-        sent = await _send(response, lines, timestamps, limit)
-        if request.query.get("follow") == "true" and not previous:
-            await self._follow(
-                response,
-                layout=layout,
-                container=container,
-                number=number,
-                timestamps=timestamps,
-                limit=limit,
-                sent=sent,
-            )
-        await response.write_eof()
+        try:
+            lines = select(list(read_lines(layout.log(container, number))), tail, since)
+            sent = await _send(response, lines, timestamps, limit)
+            if request.query.get("follow") == "true" and not previous:
+                await self._follow(
+                    response,
+                    layout=layout,
+                    container=container,
+                    number=number,
+                    timestamps=timestamps,
+                    limit=limit,
+                    sent=sent,
+                )
+            await response.write_eof()
+        except ConnectionResetError:  # the client went away (`kubectl logs -f` ended): nothing to report
+            log.debug("log client for %s/%s/%s disconnected", namespace, pod, container)
         return response
 
     async def _follow(

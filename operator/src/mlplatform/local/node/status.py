@@ -69,8 +69,9 @@ class ContainerView:
 
     @property
     def crash_looping(self) -> bool:
-        """Waiting to run again after a run that ended."""
-        return self.waiting is not None and self.latest is not None and self.latest.finished
+        """Waiting to run again after a run that ended (the kubelet counts it as stopped, not as waiting)."""
+        ended = any(attempt is not None and attempt.finished for attempt in (self.latest, self.previous))
+        return self.waiting is not None and ended
 
 
 def container_status(view: ContainerView) -> Manifest:
