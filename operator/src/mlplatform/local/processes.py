@@ -41,6 +41,26 @@ class ProcessRecord:
     pid: int
     create_time: float
 
+    def orphans(self) -> list[psutil.Process]:
+        """What the process left running after it died: members of its process group started after it.
+
+        Children keep their leader's group when it dies; a recycled PID that leads a new group is alive
+        itself, so a dead leader's group is still ours."""
+        if self.process() is not None:
+            return []
+        found = []
+        for proc in psutil.process_iter(["pid", "create_time"]):
+            try:
+                if (
+                    proc.pid != self.pid  # the leader itself, a zombie at most
+                    and os.getpgid(proc.pid) == self.pid
+                    and proc.info["create_time"] >= self.create_time - 0.01
+                ):
+                    found.append(proc)
+            except (ProcessLookupError, psutil.Error):
+                continue
+        return found
+
     def process(self) -> psutil.Process | None:
         """The live process this record names, or None if it has exited (or its PID was reused)."""
         try:
@@ -88,6 +108,9 @@ class ProcessTable:
 
     def start(self, spec: ProcessSpec) -> ProcessRecord:
         """Start `spec` detached from this process, its output appended to its log file."""
+        if (previous := self.record(spec.name)) is not None:
+            for orphan in previous.orphans():  # left by an earlier run that crashed: they hold its ports
+                terminate_tree(orphan, grace_seconds=5)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with self.log_path(spec.name).open("ab") as log:
@@ -118,6 +141,8 @@ class ProcessTable:
         stopped = proc is not None
         if proc is not None:
             terminate_tree(proc, grace_seconds)
+        for orphan in record.orphans() if record else []:
+            terminate_tree(orphan, grace_seconds)
         self._pid_file(name).unlink(missing_ok=True)
         return stopped
 
