@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psutil
 import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
@@ -98,22 +99,28 @@ def finished(core: client.CoreV1Api, namespace: str, name: str, timeout: float =
 
 
 def python_pod(
-    name: str, script: str, *args: str, restart_policy: str = "Never", **container: Any
+    name: str, script: str, *args: str, container: dict[str, Any] | None = None, **spec: Any
 ) -> dict[str, Any]:
-    """A pod whose one container runs `python3 -c script args…` in the `python` image."""
+    """A pod whose one container runs `python3 -c script args…` (image python:3.11, the machine's Python);
+    `container` adds to the container, keywords to the pod's spec."""
+    main = {
+        "name": "main",
+        "image": "python:3.11",
+        "command": ["python3", "-c", script, *args],
+        **(container or {}),
+    }
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name},
-        "spec": {
-            "restartPolicy": restart_policy,
-            "containers": [
-                {
-                    "name": "main",
-                    "image": "python:3.11",
-                    "command": ["python3", "-c", script, *args],
-                    **container,
-                }
-            ],
-        },
+        "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 5, **spec, "containers": [main]},
     }
+
+
+def processes_with(marker: str) -> list[psutil.Process]:
+    """Live host processes with `marker` as an argument of their command line (a container's process)."""
+    return [
+        p
+        for p in psutil.process_iter(["cmdline", "status"])
+        if marker in (p.info["cmdline"] or []) and p.info["status"] != psutil.STATUS_ZOMBIE
+    ]

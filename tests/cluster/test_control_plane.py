@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,29 +11,9 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from kube import eventually, kubectl
+
 pytestmark = pytest.mark.cluster
-
-
-def kubectl(
-    kubectl_bin: Path, kubeconfig: Path, *args: str, check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(kubectl_bin), f"--kubeconfig={kubeconfig}", *args],
-        capture_output=True,
-        text=True,
-        check=check,
-        timeout=60,
-    )
-
-
-def eventually(condition: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"{what} not met within {timeout}s")
 
 
 def test_apiserver_is_ready_and_serves_workload_apis(kubectl_bin: Path, kubeconfig: Path) -> None:

@@ -12,11 +12,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 from kubernetes import client
 
-from kube import container_state, eventually, kubectl, pod
+from kube import container_state, eventually, kubectl, pod, processes_with, python_pod
 from mlplatform.local.config import LocalConfig
 
 pytestmark = pytest.mark.cluster
@@ -26,32 +25,6 @@ pytestmark = pytest.mark.cluster
 def _needs_node(local_cluster: LocalConfig) -> None:
     if not local_cluster.node:
         pytest.skip("the local node needs root")
-
-
-def python_pod(name: str, script: str, *args: str, **spec: Any) -> dict[str, Any]:
-    """A pod whose one container runs `script` with the machine's Python (image python:3.11)."""
-    container = {"name": "main", "image": "python:3.11", "command": ["python3", "-c", script, *args]}
-    container.update(spec.pop("container", {}))
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name},
-        "spec": {
-            "restartPolicy": "Never",
-            "terminationGracePeriodSeconds": 5,
-            **spec,
-            "containers": [container],
-        },
-    }
-
-
-def processes_with(marker: str) -> list[psutil.Process]:
-    """Host processes with `marker` as an argument of their command line (a container's process)."""
-    found = []
-    for proc in psutil.process_iter(["cmdline", "status"]):
-        if marker in (proc.info["cmdline"] or []) and proc.info["status"] != psutil.STATUS_ZOMBIE:
-            found.append(proc)
-    return found
 
 
 def gone(core: client.CoreV1Api, namespace: str, name: str) -> bool:

@@ -13,7 +13,7 @@ import psutil
 import pytest
 from kubernetes import client
 
-from kube import apply, container_state, eventually, is_ready, pod
+from kube import apply, container_state, eventually, is_ready, pod, processes_with, python_pod
 from mlplatform.local import cluster
 from mlplatform.local.config import LocalConfig, StateLayout
 from mlplatform.local.processes import ProcessTable
@@ -35,26 +35,18 @@ SERVER = (
 
 def server_pod(name: str, marker: str) -> dict[str, object]:
     """A small HTTP server whose command line carries `marker`, to find its process."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name},
-        "spec": {
-            "containers": [
-                {
-                    "name": "main",
-                    "image": "python:3.11",
-                    "command": ["python3", "-c", SERVER, marker],
-                    "ports": [{"containerPort": 8080}],
-                    "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1},
-                }
-            ]
-        },
-    }
+    probe = {"tcpSocket": {"port": 8080}, "periodSeconds": 1}
+    return python_pod(
+        name,
+        SERVER,
+        marker,
+        container={"ports": [{"containerPort": 8080}], "readinessProbe": probe},
+        restartPolicy="Always",
+    )
 
 
 def with_marker(marker: str) -> list[int]:
-    return [p.pid for p in psutil.process_iter(["cmdline"]) if marker in (p.info["cmdline"] or [])]
+    return [p.pid for p in processes_with(marker)]
 
 
 def kill_agent(config: LocalConfig) -> None:
@@ -74,26 +66,7 @@ def test_agent_crash_loses_no_pod_and_duplicates_none(
 ) -> None:
     core = client.CoreV1Api(api_client)
     marker, brief_marker = f"marker-{uuid.uuid4().hex}", f"marker-{uuid.uuid4().hex}"
-    apply(
-        kubectl_bin,
-        kubeconfig,
-        namespace,
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": "brief"},
-            "spec": {
-                "restartPolicy": "Never",
-                "containers": [
-                    {
-                        "name": "main",
-                        "image": "python:3.11",
-                        "command": ["python3", "-c", "import time; time.sleep(8)", brief_marker],
-                    }
-                ],
-            },
-        },
-    )
+    apply(kubectl_bin, kubeconfig, namespace, python_pod("brief", "import time; time.sleep(8)", brief_marker))
     eventually(lambda: pod(core, namespace, "brief").status.phase == "Running", what="brief running")
     apply(kubectl_bin, kubeconfig, namespace, server_pod("steady", marker))
     steady = eventually(
@@ -102,22 +75,8 @@ def test_agent_crash_loses_no_pod_and_duplicates_none(
     [pid] = with_marker(marker)
 
     kill_agent(local_cluster)
-    apply(
-        kubectl_bin,
-        kubeconfig,
-        namespace,
-        {  # created while the node agent is down
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": "latecomer"},
-            "spec": {
-                "restartPolicy": "Never",
-                "containers": [
-                    {"name": "main", "image": "python:3.11", "command": ["python3", "-c", "print('late')"]}
-                ],
-            },
-        },
-    )
+    # Created while the node agent is down:
+    apply(kubectl_bin, kubeconfig, namespace, python_pod("latecomer", "print('late')"))
     # "brief" ends while no agent watches it: its shim alone records the exit.
     eventually(lambda: not with_marker(brief_marker), timeout=20, what="brief's process exits")
     assert pod(core, namespace, "brief").status.phase == "Running"  # nobody reported it yet

@@ -6,11 +6,10 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-import psutil
 import pytest
 from kubernetes import client
 
-from kube import apply, eventually, finished, is_ready, kubectl, pod, pods_of
+from kube import apply, eventually, finished, is_ready, kubectl, pod, pods_of, processes_with, python_pod
 from mlplatform.local.config import LocalConfig
 
 pytestmark = pytest.mark.cluster
@@ -72,14 +71,6 @@ def web(name: str, replicas: int, marker: str, **container: object) -> list[dict
     ]
 
 
-def processes_with(marker: str) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        if marker in (proc.info["cmdline"] or []):
-            found.append(proc)
-    return found
-
-
 def apply_all(
     kubectl_bin: Path, kubeconfig: Path, namespace: str, manifests: list[dict[str, object]]
 ) -> None:
@@ -111,22 +102,7 @@ def test_replicas_share_a_port_services_route_by_dns_and_scale_to_zero_stops_the
         "    answer = urllib.request.urlopen(f'http://{name}/', timeout=5).read().decode().strip()\n"
         "    print(name, socket.gethostbyname(name), answer)\n"
     )
-    apply(
-        kubectl_bin,
-        kubeconfig,
-        namespace,
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": "client"},
-            "spec": {
-                "restartPolicy": "Never",
-                "containers": [
-                    {"name": "main", "image": "python:3.11", "command": ["python3", "-c", script]}
-                ],
-            },
-        },
-    )
+    apply(kubectl_bin, kubeconfig, namespace, python_pod("client", script))
     finished(core, namespace, "client")
     logs = kubectl(kubectl_bin, kubeconfig, "logs", "-n", namespace, "client").stdout
     service_ip = core.read_namespaced_service("web", namespace).spec.cluster_ip

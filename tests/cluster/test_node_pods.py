@@ -200,31 +200,12 @@ def test_missing_secret_holds_the_container_until_it_exists(
     api_client: client.ApiClient, namespace: str, kubectl_bin: Path, kubeconfig: Path
 ) -> None:
     core = client.CoreV1Api(api_client)
+    token = {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "later", "key": "token"}}}
     apply(
         kubectl_bin,
         kubeconfig,
         namespace,
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": "patient"},
-            "spec": {
-                "restartPolicy": "Never",
-                "containers": [
-                    {
-                        "name": "main",
-                        "image": "python:3.11",
-                        "command": ["python3", "-c", "import os; print(os.environ['TOKEN'])"],
-                        "env": [
-                            {
-                                "name": "TOKEN",
-                                "valueFrom": {"secretKeyRef": {"name": "later", "key": "token"}},
-                            }
-                        ],
-                    }
-                ],
-            },
-        },
+        python_pod("patient", "import os; print(os.environ['TOKEN'])", container={"env": [token]}),
     )
 
     def config_error() -> client.V1ContainerStateWaiting | None:
@@ -261,8 +242,12 @@ def test_host_path_volume_writes_reach_the_host(
         "import pathlib; d = pathlib.Path('/data');"
         " print((d / 'from-host.txt').read_text()); (d / 'from-pod.txt').write_text('pod says hi')"
     )
-    manifest = python_pod("writer", script, volumeMounts=[{"name": "shared", "mountPath": "/data"}])
-    manifest["spec"]["volumes"] = [{"name": "shared", "hostPath": {"path": str(shared), "type": "Directory"}}]
+    manifest = python_pod(
+        "writer",
+        script,
+        container={"volumeMounts": [{"name": "shared", "mountPath": "/data"}]},
+        volumes=[{"name": "shared", "hostPath": {"path": str(shared), "type": "Directory"}}],
+    )
     apply(kubectl_bin, kubeconfig, namespace, manifest)
     core = client.CoreV1Api(api_client)
     assert finished(core, namespace, "writer").status.phase == "Succeeded"
