@@ -11,8 +11,6 @@ import json
 import secrets
 import ssl
 import subprocess
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -24,7 +22,7 @@ from mlplatform.local.errors import LocalError
 from mlplatform.local.files import PRIVATE, write_if_changed
 from mlplatform.local.kubeconfig import write_kubeconfig
 from mlplatform.local.platform import Context, Service
-from mlplatform.local.processes import Check, ProcessSpec
+from mlplatform.local.processes import Check, ProcessSpec, body_contains, http_check
 
 ETCD = "etcd"
 APISERVER = "kube-apiserver"
@@ -150,42 +148,29 @@ def tls_context(layout: StateLayout, ca: str, client_cert: str | None) -> ssl.SS
     return context
 
 
-def https_check(url: str, context: ssl.SSLContext, expect: str) -> Check:
-    """A probe that is ready when GET `url` answers 200 with a body containing `expect`."""
-
-    def check() -> str | None:
-        try:
-            with urllib.request.urlopen(url, context=context, timeout=2) as response:  # noqa: S310 - https only
-                body = response.read().decode(errors="replace")
-        except urllib.error.HTTPError as exc:
-            return f"{url} answered {exc.code}"
-        except (OSError, ssl.SSLError) as exc:
-            return f"{url}: {exc}"
-        return None if expect in body else f"{url} answered {body[:80]!r}"
-
-    return check
-
-
 def readiness_checks(config: LocalConfig, layout: StateLayout) -> dict[str, Check]:
     """How each control-plane component says it is ready."""
+    cluster_ca = tls_context(layout, pki.CLUSTER_CA, None)
     return {
-        ETCD: https_check(
+        ETCD: http_check(
             f"{etcd_client_url(config)}/health",
-            tls_context(layout, pki.ETCD_CA, "apiserver-etcd-client"),
-            '"true"',
+            context=tls_context(layout, pki.ETCD_CA, "apiserver-etcd-client"),
+            verdict=body_contains('"true"'),
         ),
-        APISERVER: https_check(
-            f"{config.apiserver_url}/readyz", tls_context(layout, pki.CLUSTER_CA, "admin"), "ok"
+        APISERVER: http_check(
+            f"{config.apiserver_url}/readyz",
+            context=tls_context(layout, pki.CLUSTER_CA, "admin"),
+            verdict=body_contains("ok"),
         ),
-        CONTROLLER_MANAGER: https_check(
+        CONTROLLER_MANAGER: http_check(
             f"https://127.0.0.1:{config.ports.controller_manager}/healthz",
-            tls_context(layout, pki.CLUSTER_CA, None),
-            "ok",
+            context=cluster_ca,
+            verdict=body_contains("ok"),
         ),
-        SCHEDULER: https_check(
+        SCHEDULER: http_check(
             f"https://127.0.0.1:{config.ports.scheduler}/healthz",
-            tls_context(layout, pki.CLUSTER_CA, None),
-            "ok",
+            context=cluster_ca,
+            verdict=body_contains("ok"),
         ),
     }
 

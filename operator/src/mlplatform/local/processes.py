@@ -11,8 +11,11 @@ import contextlib
 import json
 import os
 import signal
+import ssl
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +26,28 @@ from mlplatform.local.errors import LocalError
 
 Check = Callable[[], str | None]
 """A readiness probe: returns None when ready, or a short reason why not."""
+
+
+def http_check(
+    url: str, *, context: ssl.SSLContext | None = None, verdict: Callable[[str], str | None] | None = None
+) -> Check:
+    """Ready when GET `url` answers 2xx and, if given, `verdict` finds nothing wrong with the body."""
+
+    def check() -> str | None:
+        try:
+            with urllib.request.urlopen(url, context=context, timeout=2) as response:  # noqa: S310 - ours
+                body = response.read().decode(errors="replace")
+        except urllib.error.HTTPError as exc:
+            return f"{url} answered {exc.code}"
+        except (OSError, ssl.SSLError) as exc:
+            return f"{url}: {exc}"
+        return verdict(body) if verdict else None
+
+    return check
+
+
+def body_contains(expected: str) -> Callable[[str], str | None]:
+    return lambda body: None if expected in body else f"answered {body[:80]!r}"
 
 
 @dataclass(frozen=True)

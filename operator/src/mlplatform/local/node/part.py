@@ -7,11 +7,8 @@ names for pods; both run on the host, built from the same pinned modules as the 
 from __future__ import annotations
 
 import json
-import ssl
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,7 +21,7 @@ from mlplatform.local.network import remove_kube_chains
 from mlplatform.local.node import runtime
 from mlplatform.local.node.layout import NodeLayout
 from mlplatform.local.platform import Context, Service
-from mlplatform.local.processes import Check, ProcessSpec
+from mlplatform.local.processes import Check, ProcessSpec, http_check
 from mlplatform.local.stack import minio, tracking
 
 NODE_AGENT = "node-agent"
@@ -174,32 +171,19 @@ def stack_objects(config: LocalConfig) -> list[Manifest]:
 
 
 def node_ready_check(config: LocalConfig, layout: StateLayout) -> Check:
-    url = f"{config.apiserver_url}/api/v1/nodes/{config.node_name}"
-    context = tls_context(layout, pki.CLUSTER_CA, "admin")
-
-    def check() -> str | None:
+    def verdict(body: str) -> str | None:
         try:
-            with urllib.request.urlopen(url, context=context, timeout=2) as response:  # noqa: S310 - https only
-                node = json.load(response)
-        except urllib.error.HTTPError as exc:
-            return f"node {config.node_name}: {exc.code}"
-        except (OSError, ssl.SSLError, ValueError) as exc:
+            conditions = json.loads(body).get("status", {}).get("conditions", [])
+        except ValueError as exc:
             return str(exc)
-        ready = [c for c in node.get("status", {}).get("conditions", []) if c["type"] == "Ready"]
+        ready = [c for c in conditions if c["type"] == "Ready"]
         return None if ready and ready[0]["status"] == "True" else "node not Ready yet"
 
-    return check
-
-
-def http_check(url: str) -> Check:
-    def check() -> str | None:
-        try:
-            with urllib.request.urlopen(url, timeout=2):  # noqa: S310 - loopback health endpoint
-                return None
-        except (OSError, urllib.error.URLError) as exc:
-            return str(exc)
-
-    return check
+    return http_check(
+        f"{config.apiserver_url}/api/v1/nodes/{config.node_name}",
+        context=tls_context(layout, pki.CLUSTER_CA, "admin"),
+        verdict=verdict,
+    )
 
 
 class LocalNode:

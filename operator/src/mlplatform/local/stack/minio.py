@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from mlplatform.local.config import LocalConfig, StateLayout
-from mlplatform.local.processes import Check, ProcessSpec
+from mlplatform.local.processes import Check, ProcessSpec, http_check
 from mlplatform.local.stack.credentials import StackCredentials
 
 SERVICE = "minio"
@@ -56,18 +54,7 @@ def process_spec(
 
 def readiness(config: LocalConfig) -> Check:
     """Ready when MinIO's own readiness endpoint answers 200."""
-    url = f"{endpoint(config)}/minio/health/ready"
-
-    def check() -> str | None:
-        try:
-            with urllib.request.urlopen(url, timeout=2):  # noqa: S310 - our own http endpoint
-                return None
-        except urllib.error.HTTPError as exc:
-            return f"{url} answered {exc.code}"
-        except OSError as exc:
-            return f"{url}: {exc}"
-
-    return check
+    return http_check(f"{endpoint(config)}/minio/health/ready")
 
 
 def prepare(layout: StateLayout) -> None:

@@ -7,8 +7,6 @@ the bucket and runs the database migrations before the server starts.
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from mlplatform.local.config import PLATFORM_NAMESPACE, LocalConfig, StateLayout
@@ -20,7 +18,7 @@ from mlplatform.local.images import (
     load_image_map,
     resolve_image,
 )
-from mlplatform.local.processes import Check, ProcessSpec
+from mlplatform.local.processes import Check, ProcessSpec, http_check
 from mlplatform.local.stack import minio, postgres
 from mlplatform.local.stack.credentials import StackCredentials, pgpass_file
 
@@ -117,16 +115,7 @@ def process_spec(
 
 def readiness(config: LocalConfig) -> Check:
     """Ready when GET /health answers OK."""
-    url = f"{tracking_uri(config)}/health"
-
-    def check() -> str | None:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - our own http endpoint
-                body = response.read().decode(errors="replace").strip()
-        except urllib.error.HTTPError as exc:
-            return f"{url} answered {exc.code}"
-        except OSError as exc:
-            return f"{url}: {exc}"
-        return None if body == "OK" else f"{url} answered {body[:80]!r}"
-
-    return check
+    return http_check(
+        f"{tracking_uri(config)}/health",
+        verdict=lambda body: None if body.strip() == "OK" else f"answered {body[:80]!r}",
+    )
