@@ -20,10 +20,6 @@ class NodeLayout:
     def ip_leases(self) -> Path:
         return self.root / "ip-leases"
 
-    @property
-    def agent_config(self) -> Path:
-        return self.root / "agent.json"
-
     def pod(self, uid: str) -> PodLayout:
         return PodLayout(self.pods / uid)
 
@@ -44,6 +40,11 @@ class PodLayout:
     @property
     def sandbox_file(self) -> Path:
         return self.root / "sandbox.json"
+
+    @property
+    def sandbox_spec(self) -> Path:
+        """The plan the sandbox process carries out."""
+        return self.root / "sandbox-spec.json"
 
     @property
     def rootfs(self) -> Path:
@@ -71,10 +72,14 @@ class PodLayout:
         return self.root / "tmp"
 
     def container(self, name: str, attempt: int) -> ContainerLayout:
-        return ContainerLayout(self.root / "containers" / name / str(attempt))
+        return ContainerLayout(self.containers_of(name) / str(attempt))
 
     def containers_of(self, name: str) -> Path:
         return self.root / "containers" / name
+
+    def attempts(self) -> list[ContainerLayout]:
+        """Every attempt of every container the pod ran."""
+        return [ContainerLayout(path) for path in sorted((self.root / "containers").glob("*/*"))]
 
     def log(self, name: str, attempt: int) -> Path:
         return self.root / "logs" / name / f"{attempt}.log"
@@ -91,6 +96,11 @@ class ContainerLayout:
     @property
     def state_file(self) -> Path:
         return self.root / "state.json"
+
+    @property
+    def shim_file(self) -> Path:
+        """The shim's PID and start time, written by the node when it starts the shim."""
+        return self.root / "shim.json"
 
     @property
     def exit_file(self) -> Path:

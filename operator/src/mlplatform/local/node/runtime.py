@@ -242,7 +242,7 @@ def create_sandbox(
         host_paths=host_paths,
     )
     spec = SandboxSpec(pod_hostname(pod), str(layout.rootfs), str(layout.upper), steps, host_network)
-    spec_file = layout.root / "sandbox-spec.json"
+    spec_file = layout.sandbox_spec
     spec_file.write_text(spec.to_json())
     holder = subprocess.Popen(
         [sys.executable, "-m", "mlplatform.local.node.sandbox", str(spec_file)],
@@ -317,7 +317,7 @@ def start_container(layout: PodLayout, spec: ContainerSpec, number: int) -> None
         start_new_session=True,
     )
     ref = ProcessRef.of(shim.pid)
-    (attempt.root / "shim.json").write_text(json.dumps(asdict(ref)))
+    attempt.shim_file.write_text(json.dumps(asdict(ref)))
     _REAPABLE[shim.pid] = shim
 
 
@@ -353,7 +353,7 @@ def read_attempt(layout: PodLayout, name: str, number: int) -> Attempt:
             exit_record.get("message"),
             exit_record.get("signal"),
         )
-    shim = _json(attempt.root / "shim.json")
+    shim = _json(attempt.shim_file)
     if shim and ProcessRef(**shim).alive():
         return Attempt(number, cid, state.get("startedAt"))
     # The shim is gone without recording an exit: the container's fate is unknown; make sure it is dead.
@@ -373,7 +373,7 @@ def read_attempt(layout: PodLayout, name: str, number: int) -> Attempt:
 
 
 def shim_ref(layout: PodLayout, name: str, number: int) -> ProcessRef | None:
-    shim = _json(layout.container(name, number).root / "shim.json")
+    shim = _json(layout.container(name, number).shim_file)
     return ProcessRef(**shim) if shim else None
 
 
@@ -397,16 +397,14 @@ def _wait_gone(ref: ProcessRef, seconds: float) -> None:
 
 def kill_pod(layout: PodLayout, node: NodeLayout) -> None:
     """Kill every process of a pod at once: containers, shims, sandbox; then its cgroup and IP lease."""
-    containers = layout.root / "containers"
     shims = []
-    if containers.exists():
-        for attempt_dir in containers.glob("*/*"):
-            state = _json(attempt_dir / "state.json")
-            if state and "pid" in state:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(int(state["pid"]), signal.SIGKILL)
-            if (recorded := _json(attempt_dir / "shim.json")) is not None:
-                shims.append(ProcessRef(**recorded))
+    for attempt in layout.attempts():
+        state = _json(attempt.state_file)
+        if state and "pid" in state:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(int(state["pid"]), signal.SIGKILL)
+        if (recorded := _json(attempt.shim_file)) is not None:
+            shims.append(ProcessRef(**recorded))
     cgroups.kill_all(pod_cgroup(layout.uid))
     for shim in shims:
         _wait_gone(shim, 5)

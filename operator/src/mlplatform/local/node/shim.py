@@ -21,6 +21,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from mlplatform.local.files import write_if_changed
 from mlplatform.local.node import cgroups, linux
 from mlplatform.local.node.logs import format_line, timestamp
 from mlplatform.local.node.sandbox import HOST_PATHS_IN_POD, VOLUMES_IN_POD
@@ -155,12 +156,6 @@ class LogWriter:
         self.handle.close()
 
 
-def _write_json(path: str, data: dict[str, object]) -> None:
-    staged = f"{path}.tmp"
-    Path(staged).write_text(json.dumps(data))
-    os.replace(staged, path)
-
-
 def _reap_orphans() -> None:
     """As a subreaper the shim inherits the container's orphans; collect them so none stays a zombie."""
     with contextlib.suppress(ChildProcessError):
@@ -232,7 +227,9 @@ def run(spec: ContainerSpec) -> dict[str, object]:
         for fd, _ in namespaces:
             os.close(fd)
     os.close(error_write)
-    _write_json(spec.state_file, {"pid": child.pid, "shimPid": os.getpid(), "startedAt": started_at})
+    write_if_changed(
+        Path(spec.state_file), json.dumps({"pid": child.pid, "shimPid": os.getpid(), "startedAt": started_at})
+    )
     status = _pump(child, writer, spec.cgroup)
     _reap_orphans()
     writer.close()
@@ -269,7 +266,7 @@ def main(spec_path: str) -> None:
             "startedAt": timestamp(),
             "finishedAt": timestamp(),
         }
-    _write_json(spec.exit_file, outcome)
+    write_if_changed(Path(spec.exit_file), json.dumps(outcome))
     with contextlib.suppress(OSError):
         cgroups.kill_all(spec.cgroup)
         time.sleep(0.05)

@@ -52,6 +52,7 @@ from mlplatform.local.node.volumes import (
 )
 
 Manifest = dict[str, Any]
+ObjectData = dict[str, dict[str, bytes] | None]  # ConfigMaps or Secrets by name: their data, None if missing
 log = logging.getLogger(__name__)
 RESYNC_SECONDS = 10.0
 VOLUME_RESYNC_SECONDS = 30.0
@@ -283,12 +284,18 @@ class PodWorker:
             del self.waiting[name]
         return True
 
-    async def volume_lookups(self) -> VolumeLookups:
+    async def referenced_data(self) -> tuple[ObjectData, ObjectData]:
+        """The data of every ConfigMap and Secret the pod refers to, read now (None: it does not exist)."""
         namespace = self.pod["metadata"]["namespace"]
         config_map_names, secret_names = referenced_objects(self.pod)
         api = self.node.api
         config_maps = {n: await api.config_map_data(namespace, n) for n in config_map_names}
         secrets = {n: await api.secret_data(namespace, n) for n in secret_names}
+        return config_maps, secrets
+
+    async def volume_lookups(self) -> VolumeLookups:
+        config_maps, secrets = await self.referenced_data()
+        api = self.node.api
         for audience in token_audiences(self.pod):
             token = self.tokens.get(audience)
             if token is None or token[1] - time.time() < TOKEN_SECONDS * 0.2:
@@ -500,14 +507,11 @@ class PodWorker:
     async def container_spec(self, container: Manifest, number: int) -> ContainerSpec:
         environment = self.images[container["name"]]
         built = self.node.environments[str(environment.context)]
-        namespace = self.pod["metadata"]["namespace"]
-        config_map_names, secret_names = referenced_objects(self.pod)
-        api = self.node.api
+        config_maps, secrets = await self.referenced_data()  # read at each start, as the kubelet does
         lookups = Lookups(
-            {n: _text(await api.config_map_data(namespace, n)) for n in config_map_names},
-            {n: _text(await api.secret_data(namespace, n)) for n in secret_names},
+            {n: _text(d) for n, d in config_maps.items()}, {n: _text(d) for n, d in secrets.items()}
         )
-        services = await self.service_links(namespace)
+        services = await self.service_links(self.pod["metadata"]["namespace"])
         env = self.image_env(environment, built)
         env.update(container_env(self.with_addresses(), container, lookups, services, self.node.allocatable))
         identity = self.identity(container, environment)
