@@ -1,0 +1,68 @@
+"""The CustomResourceDefinitions of crds/, loaded for unit tests and installed on the session cluster.
+
+CRDs are cluster-scoped and every test that needs one applies the same files, so installing is
+idempotent (server-side apply with one field manager) and never deletes anything.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kube import eventually, kubectl
+
+CRDS_DIR = Path(__file__).resolve().parent.parent / "crds"
+FIELD_MANAGER = "mlplatform-tests"
+
+
+def crd_files() -> list[Path]:
+    """Every YAML file in crds/, sorted."""
+    return sorted(p for p in CRDS_DIR.iterdir() if p.suffix in (".yaml", ".yml"))
+
+
+def load_crds() -> dict[str, dict[str, Any]]:
+    """Every CustomResourceDefinition in crds/, by name."""
+    crds: dict[str, dict[str, Any]] = {}
+    for path in crd_files():
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc:
+                assert doc.get("kind") == "CustomResourceDefinition", f"{path.name}: not a CRD"
+                crds[doc["metadata"]["name"]] = doc
+    return crds
+
+
+def install_crds(kubectl_bin: Path, kubeconfig: Path, timeout: float = 60) -> list[str]:
+    """Apply every file in crds/ server-side, wait until each CRD is Established and its resource is
+    served, and return their names."""
+    for path in crd_files():
+        kubectl(
+            kubectl_bin,
+            kubeconfig,
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            f"--field-manager={FIELD_MANAGER}",
+            "-f",
+            str(path),
+        )
+    crds = load_crds()
+    kubectl(
+        kubectl_bin,
+        kubeconfig,
+        "wait",
+        "--for=condition=Established",
+        f"--timeout={int(timeout)}s",
+        *(f"customresourcedefinition/{name}" for name in crds),
+    )
+    for name in crds:
+        # Established comes a moment before kubectl's discovery lists the resource: wait until it is served.
+        eventually(partial(_served, kubectl_bin, kubeconfig, name), timeout=timeout, what=f"{name} served")
+    return list(crds)
+
+
+def _served(kubectl_bin: Path, kubeconfig: Path, resource: str) -> bool:
+    listed = kubectl(kubectl_bin, kubeconfig, "get", resource, "--all-namespaces", "-o", "name", check=False)
+    return listed.returncode == 0
