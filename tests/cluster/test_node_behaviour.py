@@ -5,6 +5,7 @@ OOM-kill, securityContext users, and `kubectl logs -f` / `--previous`."""
 from __future__ import annotations
 
 import datetime
+import signal
 import subprocess
 import threading
 import time
@@ -113,6 +114,12 @@ def test_deletion_stops_the_container_with_sigterm_first(
     assert not processes_with(marker)
 
 
+def ignores_sigterm(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status").read_text()
+    ignored = next(line for line in status.splitlines() if line.startswith("SigIgn:")).split()[1]
+    return bool(int(ignored, 16) & 1 << (signal.SIGTERM - 1))
+
+
 def test_a_container_that_ignores_sigterm_is_killed_after_its_grace_period(
     api_client: client.ApiClient, namespace: str
 ) -> None:
@@ -124,6 +131,8 @@ def test_a_container_that_ignores_sigterm_is_killed_after_its_grace_period(
     )
     eventually(lambda: running(core, namespace, "stubborn"), what="stubborn running")
     [process] = eventually(lambda: processes_with(marker), what="the container's process")
+    # The container starts with SIGTERM at its default action: delete only once the script ignores it.
+    eventually(lambda: ignores_sigterm(process.pid), what="the process ignores SIGTERM")
     started = time.monotonic()
     core.delete_namespaced_pod("stubborn", namespace)
     eventually(lambda: gone(core, namespace, "stubborn"), timeout=30, what="pod deleted")

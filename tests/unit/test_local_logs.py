@@ -6,7 +6,15 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
-from mlplatform.local.node.logs import format_line, parse_line, parse_time, read_lines, select, timestamp
+from mlplatform.local.node.logs import (
+    format_line,
+    parse_line,
+    parse_time,
+    read_lines,
+    select,
+    tail_content,
+    timestamp,
+)
 
 MOMENT = datetime.datetime(2026, 3, 1, 12, 30, 45, 123456, tzinfo=datetime.UTC)
 
@@ -60,3 +68,26 @@ def test_select_tail_and_since(tmp_path: Path) -> None:
     assert [line.content for line in select(lines, None, since)] == [b"line 3", b"line 4"]
     assert [line.content for line in select(lines, 1, MOMENT.replace(second=1))] == [b"line 4"]
     assert list(read_lines(tmp_path / "missing.log")) == []
+
+
+def test_tail_content_is_the_output_of_the_last_lines_within_a_byte_limit(tmp_path: Path) -> None:
+    """What FallbackToLogsOnError keeps (the kubelet: 80 lines, 2048 bytes); partial lines rejoin."""
+    log = tmp_path / "0.log"
+    with log.open("wb") as handle:
+        for n in range(100):
+            handle.write(format_line("stderr" if n % 2 else "stdout", f"line {n}".encode()))
+        handle.write(format_line("stdout", b"half ", partial=True))
+        handle.write(format_line("stdout", b"and half"))
+    expected = "".join(f"line {n}\n" for n in range(22, 100)) + "half and half\n"
+    assert tail_content(log, 80, 2048) == expected.encode()
+    assert tail_content(log, 80, 9) == b"and half\n"
+    assert tail_content(log, 0, 2048) == b""
+    assert tail_content(tmp_path / "missing.log", 80, 2048) == b""
+
+
+def test_tail_content_reads_only_the_end_of_a_big_log(tmp_path: Path) -> None:
+    log = tmp_path / "0.log"
+    with log.open("wb") as handle:
+        for n in range(3000):
+            handle.write(format_line("stdout", f"{n:05d}".encode() * 200))
+    assert tail_content(log, 2, 1 << 20) == b"".join(f"{n:05d}".encode() * 200 + b"\n" for n in (2998, 2999))

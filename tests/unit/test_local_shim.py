@@ -1,12 +1,24 @@
 """The container shim's log writer: a stream becomes CRI log lines, and a line longer than MAX_LINE
-becomes partial pieces and a final full one, however it arrives."""
+becomes partial pieces and a final full one, however it arrives; and the termination message it records
+as the kubelet computes it."""
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
-from mlplatform.local.node.logs import read_lines
-from mlplatform.local.node.shim import MAX_LINE, LogWriter
+from mlplatform.local.node.logs import format_line, read_lines
+from mlplatform.local.node.shim import (
+    MAX_LINE,
+    MAX_TERMINATION_MESSAGE,
+    ContainerSpec,
+    Identity,
+    LogWriter,
+    create_termination_log,
+    termination_message,
+    with_termination_message,
+)
 
 
 def writer_output(tmp_path: Path, chunks: list[tuple[str, bytes]]) -> list[tuple[str, bool, bytes]]:
@@ -51,3 +63,72 @@ def test_log_writer_splits_a_long_line_into_partial_pieces(tmp_path: Path) -> No
 def test_log_writer_keeps_a_line_of_exactly_max_line_whole(tmp_path: Path) -> None:
     exact = b"x" * MAX_LINE
     assert writer_output(tmp_path, [("stdout", exact + b"\n")]) == [("stdout", False, exact)]
+
+
+def spec_with(tmp_path: Path, termination_log: str = "", fallback: bool = False) -> ContainerSpec:
+    return ContainerSpec(
+        name="main",
+        argv=["true"],
+        env={},
+        working_dir="/",
+        sandbox_pid=1,
+        mounts=[],
+        identity=Identity(),
+        cgroup="mlplatform/test",
+        memory_bytes=None,
+        cpu_millicores=None,
+        log_file=str(tmp_path / "0.log"),
+        state_file=str(tmp_path / "state.json"),
+        exit_file=str(tmp_path / "exit.json"),
+        termination_log=termination_log,
+        fallback_to_logs=fallback,
+    )
+
+
+def failed(code: int = 1, reason: str = "Error", message: str | None = None) -> dict[str, object]:
+    outcome: dict[str, object] = {"exitCode": code, "reason": reason}
+    return {**outcome, "message": message} if message else outcome
+
+
+def test_a_termination_log_is_created_empty_and_writable_by_anyone(tmp_path: Path) -> None:
+    path = tmp_path / "volumes" / ".termination-logs" / "main" / "0"
+    old = os.umask(0o077)
+    try:
+        create_termination_log(str(path))
+    finally:
+        os.umask(old)
+    assert path.read_bytes() == b""
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666
+    create_termination_log("")  # no terminationMessagePath: nothing to create
+
+
+def test_the_termination_message_is_the_last_4096_bytes_of_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "termination-log"
+    path.write_bytes(b"a" * 5000 + b"END")
+    message = termination_message(spec_with(tmp_path, str(path)), failed())
+    assert len(message) == MAX_TERMINATION_MESSAGE and message.endswith("aEND")
+    assert termination_message(spec_with(tmp_path, str(tmp_path / "missing")), failed()) == ""
+
+
+def test_fallback_to_logs_only_when_the_file_is_empty_and_the_container_failed(tmp_path: Path) -> None:
+    path = tmp_path / "termination-log"
+    path.write_bytes(b"")
+    with (tmp_path / "0.log").open("wb") as handle:
+        handle.write(format_line("stderr", b"Traceback: boom"))
+    fallback = spec_with(tmp_path, str(path), fallback=True)
+    assert termination_message(fallback, failed()) == "Traceback: boom\n"
+    assert termination_message(fallback, {"exitCode": 0, "reason": "Completed"}) == ""
+    assert termination_message(fallback, failed(128, "StartError")) == ""  # it never ran: no log of its own
+    assert termination_message(spec_with(tmp_path, str(path)), failed()) == ""  # policy File
+    path.write_bytes(b"from the file")
+    assert termination_message(fallback, failed()) == "from the file"
+
+
+def test_the_termination_message_follows_the_runtimes_own_message(tmp_path: Path) -> None:
+    path = tmp_path / "termination-log"
+    path.write_bytes(b"why")
+    spec = spec_with(tmp_path, str(path))
+    assert with_termination_message(spec, failed())["message"] == "why"
+    assert with_termination_message(spec, failed(message="oom"))["message"] == "oom: why"
+    path.write_bytes(b"")
+    assert "message" not in with_termination_message(spec, failed())

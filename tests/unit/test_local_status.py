@@ -196,3 +196,38 @@ def test_pod_status_reports_ips_init_statuses_and_a_terminal_reason() -> None:
     )  # fmt: skip
     assert (stopped["phase"], stopped["reason"]) == ("Failed", "DeadlineExceeded")
     assert "podIP" not in stopped and "initContainerStatuses" not in stopped
+
+
+@pytest.mark.parametrize(
+    ("policy", "views", "while_running", "stopped_for_good"),
+    [
+        ("Always", [view(latest=exited(0)), view("b", latest=exited(0))], "Running", "Succeeded"),
+        ("Always", [view(latest=exited(143))], "Running", "Failed"),
+        ("OnFailure", [view(latest=exited(0)), view("b", latest=exited(1))], "Running", "Failed"),
+        ("Never", [view(latest=exited(0))], "Succeeded", "Succeeded"),
+    ],
+)
+def test_phase_of_a_pod_stopped_for_good(
+    policy: str, views: list[ContainerView], while_running: str, stopped_for_good: str
+) -> None:
+    """Deleted, no container restarts whatever the restart policy (the kubelet's podIsTerminal)."""
+    assert phase(policy, [], views) == while_running
+    assert phase(policy, [], views, terminal=True) == stopped_for_good
+
+
+def test_the_final_status_of_a_deleted_pod_is_terminal() -> None:
+    """Kubelets since 1.27 report Succeeded or Failed before a pod goes; one that never ran a container
+    ends Failed (the kubelet's TerminatePod)."""
+    pod: dict[str, Any] = {"spec": {"restartPolicy": "Always", "containers": [{"name": "main"}]}}
+
+    def final(views: list[ContainerView]) -> dict[str, Any]:
+        return pod_status(
+            pod, [], views, sandbox_ready=False, pod_ip=None, host_ip="10.244.0.1",
+            start_time=T0, stamp=T1, terminal=True,
+        )  # fmt: skip
+
+    stopped = final([view(latest=Attempt(0, "mlplatform://c-0", T0, T1, 0, "Completed", "bye"))])
+    assert stopped["phase"] == "Succeeded"
+    assert stopped["containerStatuses"][0]["state"]["terminated"]["message"] == "bye"
+    assert final([view(latest=exited(143))])["phase"] == "Failed"
+    assert final([view()])["phase"] == "Failed"

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CGROUP_ROOT = "mlplatform"
+TERMINATION_LOGS = ".termination-logs"  # in the volumes folder; no volume is named so (names are DNS labels)
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,11 @@ class PodLayout:
 
     def volume(self, name: str) -> Path:
         return self.volumes / name
+
+    def termination_log(self, name: str, attempt: int) -> Path:
+        """One attempt's file at its terminationMessagePath. Kept beside the volumes: every sandbox, even
+        one an earlier agent started, shows that folder to the shims, which bind the file from there."""
+        return self.volumes / TERMINATION_LOGS / name / str(attempt)
 
     @property
     def etc(self) -> Path:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 FULL = "F"
 PARTIAL = "P"
+MAX_RAW_LINE = 16 * 1024 + 64  # the longest line the shim writes: a 16 KiB piece and its CRI header
 
 
 def timestamp(when: datetime.datetime | None = None) -> str:
@@ -69,3 +70,21 @@ def select(lines: list[LogLine], tail: int | None, since: datetime.datetime | No
     if tail is not None:
         chosen = chosen[-tail:] if tail > 0 else []
     return chosen
+
+
+def tail_content(path: Path, lines: int, limit: int) -> bytes:
+    """The output of the last `lines` log lines, at most its last `limit` bytes: what the kubelet keeps
+    of a container's log as its termination message (FallbackToLogsOnError). Reads only the file's end."""
+    try:
+        with path.open("rb") as handle:
+            size = handle.seek(0, 2)
+            start = max(0, size - lines * MAX_RAW_LINE)
+            handle.seek(start)
+            raw = handle.read().split(b"\n")
+    except OSError:
+        return b""
+    if start > 0:
+        raw = raw[1:]  # the first piece may be the end of a line that began before `start`
+    parsed = [line for piece in raw if piece and (line := parse_line(piece)) is not None]
+    content = b"".join(line.render(timestamps=False) for line in (parsed[-lines:] if lines > 0 else []))
+    return content[-limit:] if limit > 0 else b""

@@ -150,6 +150,8 @@ class ProbeRunner:
                 if ok and successes >= success_needed and self.result is not True:
                     self.result = True
                     await self.on_result(self.kind, True, "")
+                    if self.kind == "startup":
+                        return  # as the kubelet's: a container that started stays started
                 elif not ok and failures >= failure_allowed and self.result is not False:
                     self.result = False
                     await self.on_result(self.kind, False, message)

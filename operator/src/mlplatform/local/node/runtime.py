@@ -383,9 +383,14 @@ def container_pid(layout: PodLayout, name: str, number: int) -> int | None:
 
 
 def signal_container(layout: PodLayout, name: str, number: int, sig: int) -> None:
+    """SIGKILL ends the container's whole process group; any other signal goes to its main process alone,
+    as a runtime sends SIGTERM: the process decides what its children get (a shell's trap runs first)."""
     if (pid := container_pid(layout, name, number)) is not None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, sig)
+            if sig == signal.SIGKILL:
+                os.killpg(pid, sig)
+            else:
+                os.kill(pid, sig)
 
 
 def _wait_gone(ref: ProcessRef, seconds: float) -> None:

@@ -23,12 +23,16 @@ from pathlib import Path
 
 from mlplatform.local.files import write_if_changed
 from mlplatform.local.node import cgroups, linux
-from mlplatform.local.node.logs import format_line, timestamp
+from mlplatform.local.node.logs import format_line, tail_content, timestamp
 from mlplatform.local.node.sandbox import HOST_PATHS_IN_POD, VOLUMES_IN_POD
 
 MAX_LINE = 16 * 1024
 EXIT_START_ERROR = 128
 DRAIN_SECONDS = 2.0
+# The kubelet's limits: the termination-log file's last 4 KiB; from the log, its last 80 lines, 2 KiB.
+MAX_TERMINATION_MESSAGE = 4096
+FALLBACK_LOG_LINES = 80
+FALLBACK_LOG_BYTES = 2048
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,8 @@ class ContainerSpec:
     log_file: str
     state_file: str
     exit_file: str
+    termination_log: str = ""  # host path of this attempt's file at terminationMessagePath ("": none)
+    fallback_to_logs: bool = False  # terminationMessagePolicy: FallbackToLogsOnError
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -86,8 +92,9 @@ def _drop_capabilities() -> None:
 
 
 def _enter(spec: ContainerSpec, namespaces: list[tuple[int, int]], error_fd: int) -> None:
-    """Runs in the forked child before exec: cgroup, namespaces, mounts, working dir, identity."""
+    """Runs in the forked child before exec: signals, cgroup, namespaces, mounts, working dir, identity."""
     try:
+        _default_signals()
         cgroups.join(spec.cgroup)
         for fd, kind in namespaces:
             linux.setns(fd, kind)
@@ -114,6 +121,17 @@ def _enter(spec: ContainerSpec, namespaces: list[tuple[int, int]], error_fd: int
     except OSError as exc:
         os.write(error_fd, str(exc).encode())
         raise
+
+
+def _default_signals() -> None:
+    """A container starts as runc starts it: every signal at its default action, none blocked. An ignored
+    disposition survives exec (the shim ignores SIGTERM), and a shell cannot trap a signal it was
+    started with ignored."""
+    for number in signal.valid_signals():
+        if number not in (signal.SIGKILL, signal.SIGSTOP):
+            with contextlib.suppress(OSError, ValueError):
+                signal.signal(number, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
 
 
 def _mount(mount: Mount) -> None:
@@ -192,9 +210,51 @@ def _pump(child: subprocess.Popen[bytes], writer: LogWriter, cgroup: str) -> int
     return child.wait()
 
 
+def create_termination_log(path: str) -> None:
+    """An empty file for this attempt alone, writable by whatever user the container runs as."""
+    if not path:
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666)
+    try:
+        os.fchmod(descriptor, 0o666)  # not narrowed by the umask
+    finally:
+        os.close(descriptor)
+
+
+def _read_end(path: str, limit: int) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(max(0, handle.seek(0, 2) - limit))
+            return handle.read(limit)
+    except OSError:
+        return b""
+
+
+def termination_message(spec: ContainerSpec, outcome: dict[str, object]) -> str:
+    """The kubelet's termination message: the end of the termination-log file; with
+    FallbackToLogsOnError, when that is empty and the container failed, the end of its log instead."""
+    data = _read_end(spec.termination_log, MAX_TERMINATION_MESSAGE) if spec.termination_log else b""
+    # A container that never ran has no log of its own (the kubelet skips ContainerCannotRun alike).
+    failed = outcome.get("exitCode") != 0 and outcome.get("reason") != "StartError"
+    if not data and spec.fallback_to_logs and failed:
+        data = tail_content(Path(spec.log_file), FALLBACK_LOG_LINES, FALLBACK_LOG_BYTES)
+    return data.decode(errors="replace")
+
+
+def with_termination_message(spec: ContainerSpec, outcome: dict[str, object]) -> dict[str, object]:
+    """The outcome with the termination message added to the runtime's own message, as the kubelet does."""
+    message = termination_message(spec, outcome)
+    if not message:
+        return outcome
+    runtime_message = str(outcome.get("message") or "")
+    return {**outcome, "message": f"{runtime_message}: {message}" if runtime_message else message}
+
+
 def run(spec: ContainerSpec) -> dict[str, object]:
     """Start the container, wait for it, and describe how it ended."""
     linux.prctl(linux.PR_SET_CHILD_SUBREAPER, 1)
+    create_termination_log(spec.termination_log)
     cgroups.create(spec.cgroup, cgroups.Limits(spec.memory_bytes, spec.cpu_millicores))
     writer = LogWriter(Path(spec.log_file))
     error_read, error_write = os.pipe()
@@ -266,7 +326,7 @@ def main(spec_path: str) -> None:
             "startedAt": timestamp(),
             "finishedAt": timestamp(),
         }
-    write_if_changed(Path(spec.exit_file), json.dumps(outcome))
+    write_if_changed(Path(spec.exit_file), json.dumps(with_termination_message(spec, outcome)))
     with contextlib.suppress(OSError):
         cgroups.kill_all(spec.cgroup)
         time.sleep(0.05)

@@ -114,8 +114,14 @@ def init_failed(init_views: Sequence[ContainerView], restart_policy: str) -> boo
     )
 
 
-def phase(restart_policy: str, init_views: Sequence[ContainerView], views: Sequence[ContainerView]) -> str:
-    """The kubelet's getPhase: Pending, Running, Succeeded or Failed."""
+def phase(
+    restart_policy: str,
+    init_views: Sequence[ContainerView],
+    views: Sequence[ContainerView],
+    terminal: bool = False,
+) -> str:
+    """The kubelet's getPhase: Pending, Running, Succeeded or Failed. `terminal`: the pod is being
+    stopped for good (deleted), so no container restarts whatever the restart policy."""
     if init_failed(init_views, restart_policy):
         return "Failed"
     if not init_complete(init_views):
@@ -128,6 +134,8 @@ def phase(restart_policy: str, init_views: Sequence[ContainerView], views: Seque
     if running:
         return "Running"
     if stopped:
+        if terminal:
+            return "Succeeded" if all(v.latest and v.latest.succeeded for v in stopped) else "Failed"
         if restart_policy == "Always":
             return "Running"
         if all(v.latest and v.latest.succeeded and not v.crash_looping for v in stopped):
@@ -222,10 +230,15 @@ def pod_status(
     start_time: str,
     stamp: str,
     reason: Mapping[str, str] | None = None,
+    terminal: bool = False,
 ) -> Manifest:
-    """The status the node reports for `pod`."""
+    """The status the node reports for `pod`; `terminal`: its last, once every container stopped for
+    good — Succeeded or Failed as the kubelet's getPhase computes it, Failed if it never got that far
+    (the kubelet's TerminatePod)."""
     restart_policy = pod["spec"].get("restartPolicy", "Always")
-    pod_phase = "Failed" if reason else phase(restart_policy, init_views, views)
+    pod_phase = "Failed" if reason else phase(restart_policy, init_views, views, terminal)
+    if terminal and pod_phase not in ("Succeeded", "Failed"):
+        pod_phase = "Failed"
     old = (pod.get("status") or {}).get("conditions") or []
     status: Manifest = {
         "phase": pod_phase,

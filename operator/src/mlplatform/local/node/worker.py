@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from kubernetes_asyncio.client.rest import ApiException
 
 from mlplatform.local.config import LocalConfig
 from mlplatform.local.files import write_if_changed
@@ -59,6 +60,7 @@ VOLUME_RESYNC_SECONDS = 30.0
 TOKEN_SECONDS = 3607
 MAX_BACKOFF_SECONDS = 300
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DEFAULT_TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 
 
 @dataclass
@@ -177,6 +179,7 @@ class PodWorker:
         if self.deleted or pod["metadata"].get("deletionTimestamp"):
             await self.terminate(self.grace_seconds())
             if not self.deleted:
+                await self.report_final()
                 await self.node.api.delete_pod(
                     pod["metadata"]["namespace"], pod["metadata"]["name"], self.uid
                 )
@@ -522,13 +525,19 @@ class PodWorker:
         sandbox = runtime.read_sandbox(self.layout)
         if sandbox is None:
             raise ContainerConfigError("the pod sandbox is gone; it will be re-created")
+        termination_log = self.layout.termination_log(container["name"], number)
+        mounts = self.mounts(container, environment)
+        if path := container.get("terminationMessagePath", DEFAULT_TERMINATION_MESSAGE_PATH):
+            # Last, as the kubelet mounts it: over any volume mounted at the same place.
+            in_pod = f"{VOLUMES_IN_POD}/{termination_log.relative_to(self.layout.volumes)}"
+            mounts.append(Mount(in_pod, path))
         return ContainerSpec(
             name=container["name"],
             argv=argv,
             env=env,
             working_dir=container.get("workingDir") or environment.working_dir or "/",
             sandbox_pid=sandbox.holder.pid,
-            mounts=self.mounts(container, environment),
+            mounts=mounts,
             identity=identity,
             cgroup=f"{runtime.pod_cgroup(self.uid)}/{container['name']}-{number}",
             memory_bytes=quantity_bytes(limits.get("memory")),
@@ -536,6 +545,8 @@ class PodWorker:
             log_file=str(self.layout.log(container["name"], number)),
             state_file=str(layout.state_file),
             exit_file=str(layout.exit_file),
+            termination_log=str(termination_log) if path else "",
+            fallback_to_logs=container.get("terminationMessagePolicy") == "FallbackToLogsOnError",
         )
 
     def with_addresses(self) -> Manifest:
@@ -626,7 +637,7 @@ class PodWorker:
             ports,
             self._probe_env(name, attempt.number),
         )
-        has_startup = "startupProbe" in container
+        has_startup = "startupProbe" in container and not self.reported_started(name, attempt)
         self.probe_results[(name, "startup")] = not has_startup
         number = attempt.number
 
@@ -637,7 +648,7 @@ class PodWorker:
             await self.on_probe(name, number, kind, ok, message)
 
         runners = {}
-        for kind in ("startup", "liveness", "readiness"):
+        for kind in ("startup", "liveness", "readiness") if has_startup else ("liveness", "readiness"):
             if probe := container.get(f"{kind}Probe"):
                 gate = (lambda: True) if kind == "startup" else started
                 runners[kind] = ProbeRunner(
@@ -647,6 +658,15 @@ class PodWorker:
         self.probes[name] = runners
         for runner in runners.values():
             runner.start()
+
+    def reported_started(self, name: str, attempt: Attempt) -> bool:
+        """Whether this attempt's startup probe already succeeded (reported before an agent restart): the
+        kubelet probes a container's start once, never again while that container runs."""
+        statuses = (self.pod.get("status") or {}).get("containerStatuses") or []
+        return any(
+            s.get("name") == name and s.get("containerID") == attempt.container_id and s.get("started")
+            for s in statuses
+        )
 
     def _probe_env(self, name: str, number: int) -> dict[str, str]:
         spec_file = self.layout.container(name, number).spec_file
@@ -715,10 +735,11 @@ class PodWorker:
             await asyncio.to_thread(runtime.kill_pod, self.layout, self.node.layout)
 
     # --- status
-    def view(self, container: Manifest) -> ContainerView:
+    def view(self, container: Manifest, final: bool = False) -> ContainerView:
+        """What the node knows of a container; `final`: the pod is stopping for good, nothing restarts."""
         name = container["name"]
         latest, previous = self.attempts(name)
-        waiting = self.waiting.get(name)
+        waiting = None if final else self.waiting.get(name)
         policy = self.pod["spec"].get("restartPolicy", "Always")
         if latest is not None and (latest.running or not should_restart(policy, latest, self.is_init(name))):
             waiting = None  # a reason to wait only counts for a container that is to (re)start
@@ -739,10 +760,22 @@ class PodWorker:
             name, container["image"], image_id, latest, previous, waiting, bool(ready), started
         )
 
-    async def report(self) -> None:
+    async def report_final(self) -> None:
+        """The pod's last status, written before the node removes it, as kubelets since 1.27 do: the
+        terminal phase and how each container ended (exit code, reason, termination message), which is
+        what a Job's controller and a user read about why the pod ended."""
+        if self.finished() or (self.pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            return  # a pod that had ended keeps the status it ended with
+        try:
+            await self.report(final=True)
+        except ApiException as exc:
+            if exc.status != 404:  # gone already: nobody is left to read it
+                raise
+
+    async def report(self, final: bool = False) -> None:
         spec = self.pod["spec"]
-        init_views = [self.view(c) for c in spec.get("initContainers") or []]
-        views = [self.view(c) for c in spec["containers"]]
+        init_views = [self.view(c, final) for c in spec.get("initContainers") or []]
+        views = [self.view(c, final) for c in spec["containers"]]
         record = runtime.read_sandbox(self.layout)
         sandbox_ready = record is not None and record.holder.alive()
         host = self.node.config.network.host_address
@@ -760,6 +793,7 @@ class PodWorker:
             start_time=current.get("startTime") or rfc3339(),
             stamp=rfc3339(),
             reason=self.terminal_reason,
+            terminal=final,
         )
         comparable = _without_times(status)
         if self.reported is not None and _without_times(self.reported) == comparable:
