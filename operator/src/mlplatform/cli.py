@@ -9,6 +9,7 @@ import click
 from mlplatform import __version__
 from mlplatform.local.cli import local
 from mlplatform.local.errors import LocalError
+from mlplatform.operator_cli import operator
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -18,6 +19,7 @@ def cli() -> None:
 
 
 cli.add_command(local)
+cli.add_command(operator)
 
 
 def _fail(message: str, code: int) -> None:

@@ -1,0 +1,1 @@
+"""Pure functions that build the Kubernetes objects the operator creates: spec in, manifest out."""

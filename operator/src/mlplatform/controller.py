@@ -1,0 +1,101 @@
+"""Runs the operator: kopf with deliberate settings, the MLflow and Kubernetes clients, metrics, health.
+
+`mlplatform operator` calls `run()`. Every kopf setting that differs from kopf's default says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+import kopf
+from prometheus_client import start_http_server
+
+from mlplatform import names
+from mlplatform.handlers import trainingrun
+from mlplatform.handlers.context import OperatorContext
+from mlplatform.kube import Kube, connect
+from mlplatform.metrics import register_phases
+from mlplatform.registry import Registry
+from mlplatform.settings import OperatorSettings
+from mlplatform.tracking import Credentials, MlflowClient
+
+logger = logging.getLogger("mlplatform.operator")
+
+
+def configure_kopf(settings: kopf.OperatorSettings) -> None:
+    # Our own domain for kopf's bookkeeping, so `kubectl get -o yaml` reads as one product.
+    settings.persistence.finalizer = names.FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=names.ANNOTATION_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=names.ANNOTATION_PREFIX, key="last-handled-configuration"
+    )
+    # Watches: a server-side timeout renews every stream within 10 minutes, and a stream with no event
+    # nor bookmark for 70 s is taken as silently stalled (a known failure of long watches) and reopened.
+    settings.watching.server_timeout = 600
+    settings.watching.client_timeout = 660
+    settings.watching.connect_timeout = 10
+    settings.watching.inactivity_timeout = 70
+    # Only the Jobs and pods of TrainingRuns, filtered by the apiserver: a big cluster's other pods never
+    # reach the operator's memory.
+    selector = names.LABEL_TRAININGRUN
+    settings.watching.label_selectors["batch", "v1", "jobs"] = selector
+    settings.watching.label_selectors["v1", "pods"] = selector
+    # One worker per object already serialises its handlers; bound the total so a burst of thousands of
+    # objects queues instead of opening thousands of concurrent API and MLflow calls.
+    settings.queueing.worker_limit = 200
+    # Events are the user's trail in `kubectl describe`: post them, from INFO up.
+    settings.posting.enabled = True
+    settings.posting.level = logging.INFO
+    settings.posting.reporting_component = "mlplatform-operator"
+    settings.posting.reporting_instance = os.environ.get("POD_NAME", "mlplatform-operator")
+    # One operator replica is the supported layout; no peering objects to install or to clean.
+    settings.peering.standalone = True
+    # kopf's default retry of a failed API call, kept short: our handlers retry with their own back-off.
+    settings.networking.error_backoffs = (1, 2, 4, 8)
+
+
+def make_startup(operator_settings: OperatorSettings) -> Any:
+    async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+        configure_kopf(settings)
+        mlflow = MlflowClient(operator_settings.tracking_uri, credentials=Credentials.from_env(os.environ))
+        api = await connect()
+        ctx = OperatorContext(operator_settings, mlflow, Registry(mlflow), Kube(api))
+        memo["context"] = ctx
+        register_phases(trainingrun.KIND, ctx.phases)
+        start_http_server(operator_settings.metrics_port, addr=operator_settings.listen_address)
+        logger.info(
+            "operator started: MLflow at %s (pods use %s), namespaces %s",
+            operator_settings.tracking_uri,
+            operator_settings.trainer_tracking_uri,
+            ", ".join(operator_settings.namespaces) or "all",
+        )
+
+    return startup
+
+
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    ctx: OperatorContext | None = memo.get("context")
+    if ctx is not None:
+        await ctx.mlflow.close()
+        await ctx.kube.api.close()
+
+
+def run(settings: OperatorSettings, log_format: str = "json", verbose: bool = False) -> None:
+    """Run the operator until SIGTERM or SIGINT."""
+    kopf.configure(
+        verbose=verbose, log_format=kopf.LogFormat.JSON if log_format == "json" else kopf.LogFormat.FULL
+    )
+    kopf.on.startup()(make_startup(settings))
+    kopf.on.cleanup()(cleanup)
+    asyncio.run(
+        kopf.operator(
+            clusterwide=not settings.namespaces,
+            namespaces=settings.namespaces,
+            liveness_endpoint=f"http://{settings.listen_address}:{settings.health_port}/healthz",
+            standalone=True,
+            memo=kopf.Memo(),
+        )
+    )
