@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from mlplatform.registry import Registry
+from mlplatform.registry import ModelNotLogged, Registry
 from mlplatform.tracking import MlflowClient, MlflowError, MlflowUnavailable, Run
 from mlplatform.versions import MLFLOW_VERSION
 
@@ -123,6 +123,8 @@ def test_registry(mlflow_stack: Stack, images: dict[str, Image], experiment: str
             first = await registry.register(model_name, run_id, "model", experiment_id, tags)
             again = await registry.register(model_name, run_id, "model", experiment_id, tags)
             assert first == again
+            with pytest.raises(ModelNotLogged, match="'other'"):
+                await registry.register(f"{model_name}-other", run_id, "other", experiment_id, tags)
             assert (first.version, first.status, first.run_id) == ("1", "READY", run_id)
             assert first.source == f"models:/{model_id}" and first.tags == tags
             assert await registry.find_version_for_run(model_name, run_id) == first

@@ -29,6 +29,10 @@ INVALID = "INVALID_PARAMETER_VALUE"
 LOGGED_MODEL_READY = "LOGGED_MODEL_READY"
 
 
+class ModelNotLogged(MlflowError):  # noqa: N818 - reads as what happened
+    """The run logged no model of the name asked for: there is nothing to register."""
+
+
 def oldest(versions: Iterable[Mapping[str, Any]]) -> Mapping[str, Any] | None:
     return min(versions, key=lambda version: int(version["version"]), default=None)
 
@@ -104,11 +108,16 @@ class Registry:
         self, name: str, run_id: str, artifact_name: str, experiment_id: str, tags: Mapping[str, str]
     ) -> ModelVersion:
         model_id = await self.logged_model_id(experiment_id, run_id, artifact_name)
-        body: dict[str, Any] = {"name": name, "run_id": run_id, "tags": as_key_values(tags)}
         if model_id is None:
-            body["source"] = f"runs:/{run_id}/{artifact_name}"
-        else:
-            body |= {"source": f"models:/{model_id}", "model_id": model_id}
+            # MLflow would register a `runs:/` source that holds nothing, and mark it READY.
+            raise ModelNotLogged(f"run {run_id} logged no model named {artifact_name!r}")
+        body: dict[str, Any] = {
+            "name": name,
+            "run_id": run_id,
+            "tags": as_key_values(tags),
+            "source": f"models:/{model_id}",
+            "model_id": model_id,
+        }
         # Not retried once sent: a lost answer is found by find_version_for_run on the next call.
         created = await self.client.request("POST", "model-versions/create", body=body, creates=True)
         return model_version_from_json(created["model_version"])

@@ -12,10 +12,11 @@ import base64
 import enum
 import json
 import random
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal, Self, get_args
 
 import aiohttp
 from yarl import URL
@@ -429,3 +430,11 @@ class MlflowClient:
     async def terminate_run(self, run_id: str, status: RunStatus, end_time_ms: int) -> None:
         body = {"run_id": run_id, "status": status, "end_time": end_time_ms}
         await self.request("POST", "runs/update", body=body)
+
+    async def end_run(self, run_id: str, status: RunStatus) -> Run:
+        """End the run with `status` now, unless it has ended already (its trainer may have ended it);
+        return the run as read before."""
+        run = await self.get_run(run_id)
+        if run.status not in get_args(RunStatus):
+            await self.terminate_run(run_id, status, int(time.time() * 1000))
+        return run

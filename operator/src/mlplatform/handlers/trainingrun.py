@@ -30,6 +30,7 @@ from mlplatform.handlers.context import ObjectKey, OperatorContext
 from mlplatform.jobstatus import Observation, observe
 from mlplatform.metrics import DURATION, ERRORS, RECONCILES
 from mlplatform.promotion import Decision, check_gate, decide, format_metric, key_metric
+from mlplatform.registry import ModelNotLogged
 from mlplatform.tracking import MlflowError, MlflowUnavailable, Run, run_url
 
 TRAININGRUN = (names.GROUP, names.VERSION, names.TRAININGRUN_PLURAL)
@@ -38,7 +39,6 @@ CHILDREN = {names.LABEL_TRAININGRUN: kopf.PRESENT}
 RESYNC_SECONDS = 60.0  # a lost watch event costs at most this long
 BACKOFF_SECONDS = (1, 2, 4, 8, 15, 30, 60)
 DELETE_ATTEMPTS = 5  # then deletion lets go of an unreachable MLflow, with a warning event
-TERMINAL_RUN_STATES = ("FINISHED", "FAILED", "KILLED")
 T = TypeVar("T")
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 
@@ -68,6 +68,16 @@ def finished(status: Mapping[str, Any], **_: Any) -> bool:
 
 def child_key(namespace: str | None, labels: Mapping[str, str]) -> ObjectKey:
     return (namespace or "", labels.get(names.LABEL_TRAININGRUN, ""))
+
+
+def own_key(namespace: str | None, name: str) -> ObjectKey:
+    """The key a TrainingRun's children are indexed under: its name as their label carries it."""
+    return child_key(namespace, {names.LABEL_TRAININGRUN: short_name(name)})
+
+
+def recorded_job_name(status: Mapping[str, Any], name: str) -> str:
+    """The Job status recorded, or the one this TrainingRun's Job is named (not yet recorded)."""
+    return str(status.get("jobName") or job_name(name))
 
 
 # --- watches: Jobs and pods kept in indexes (which also wake their TrainingRun's daemon) ----------------
@@ -132,9 +142,7 @@ def spec_changed(
             message=f"{', '.join(changed)} changed after the run started; a new TrainingRun trains again",
         )
     patch.status["observedGeneration"] = body.metadata.get("generation")
-    context(memo).wake(
-        child_key(body.metadata.namespace, {names.LABEL_TRAININGRUN: short_name(body.metadata.name)})
-    )
+    context(memo).wake(own_key(body.metadata.namespace, body.metadata.name))
 
 
 @kopf.on.delete(*TRAININGRUN, id="cleanup")
@@ -151,14 +159,12 @@ async def delete_trainingrun(
     ctx = context(memo)
     ctx.phases.pop(body.metadata.uid or "", None)
     namespace, name = body.metadata.namespace or "", body.metadata.name
-    await ctx.kube.delete_job(namespace, status.get("jobName") or job_name(name))
+    await ctx.kube.delete_job(namespace, recorded_job_name(status, name))
     run_id = (status.get("mlflow") or {}).get("runId")
     if not run_id or finished(status):
         return
     try:
-        run = await ctx.mlflow.get_run(run_id)
-        if run.status not in TERMINAL_RUN_STATES:
-            await ctx.mlflow.terminate_run(run_id, "KILLED", int(time.time() * 1000))
+        await ctx.mlflow.end_run(run_id, "KILLED")
         kopf.info(body, reason="RunKilled", message=f"MLflow run {run_id} marked KILLED")
     except MlflowError as exc:
         if retry + 1 < DELETE_ATTEMPTS:
@@ -186,7 +192,7 @@ class TrainingRunReconciler:
         self.namespace = body.metadata.namespace or ""
         self.name = body.metadata.name or ""
         self.uid = body.metadata.uid or ""
-        self.key: ObjectKey = (self.namespace, short_name(self.name))
+        self.key = own_key(self.namespace, self.name)
         self.last_written: dict[str, Any] = {}
 
     @property
@@ -303,7 +309,7 @@ class TrainingRunReconciler:
 
     @property
     def job_name(self) -> str:
-        return str(self.status.get("jobName") or job_name(self.name))
+        return recorded_job_name(self.status, self.name)
 
     async def job_gone(self, run: RunContext) -> Observation:
         """The Job went before its result was recorded (deleted by hand, or by its TTL meanwhile)."""
@@ -338,9 +344,7 @@ class TrainingRunReconciler:
             await self.record_failure(failure, observation)
 
     async def record_success(self, spec: TrainingRunSpec, run: RunContext, observation: Observation) -> None:
-        mlflow_run = await self.ctx.mlflow.get_run(run.run_id)
-        if mlflow_run.status not in TERMINAL_RUN_STATES:
-            await self.ctx.mlflow.terminate_run(run.run_id, "FINISHED", int(time.time() * 1000))
+        mlflow_run = await self.ctx.mlflow.end_run(run.run_id, "FINISHED")
         fields: dict[str, Any] = {
             "phase": Phase.SUCCEEDED.value,
             "metrics": mlflow_run.metrics,
@@ -363,16 +367,17 @@ class TrainingRunReconciler:
         assert spec.model is not None
         model = spec.model
         registry = self.ctx.registry
-        if await registry.logged_model_id(run.experiment_id, run.run_id, model.artifact_path) is None:
+        tags = {names.TAG_NAMESPACE: self.namespace, names.TAG_NAME: self.name, names.TAG_IMAGE: spec.image}
+        try:
+            version = await registry.register(
+                model.name, run.run_id, model.artifact_path, run.experiment_id, tags
+            )
+        except ModelNotLogged:
             raise RunError(
                 "ModelNotLogged",
                 f"the run logged no model named {model.artifact_path!r} (spec.model.artifactPath); "
                 "log it with mlflow.<flavor>.log_model(..., name=...)",
-            )
-        tags = {names.TAG_NAMESPACE: self.namespace, names.TAG_NAME: self.name, names.TAG_IMAGE: spec.image}
-        version = await registry.register(
-            model.name, run.run_id, model.artifact_path, run.experiment_id, tags
-        )
+            ) from None
         kopf.info(self.body, reason="Registered", message=f"model {model.name} version {version.version}")
         status: dict[str, Any] = {"name": model.name, "version": version.version}
         if model.promote is not None:
@@ -429,8 +434,7 @@ class TrainingRunReconciler:
             await self.ctx.mlflow.set_tags(
                 run_id, {names.TAG_FAILURE: f"{failure.reason}: {failure.message}"}
             )
-            if (await self.ctx.mlflow.get_run(run_id)).status not in TERMINAL_RUN_STATES:
-                await self.ctx.mlflow.terminate_run(run_id, "FAILED", int(time.time() * 1000))
+            await self.ctx.mlflow.end_run(run_id, "FAILED")
         except MlflowUnavailable:
             raise
         except MlflowError as exc:
