@@ -1,7 +1,7 @@
 """Startup, liveness and readiness probes, run by the node against a container as the kubelet runs them.
 
 httpGet and tcpSocket probes connect from the node to the pod's IP; exec probes run the command in
-the container's own namespaces.
+the container's own namespaces. The httpGet and exec handlers serve lifecycle hooks too (hooks.py).
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +19,8 @@ import aiohttp
 
 Manifest = dict[str, Any]
 log = logging.getLogger(__name__)
+KUBE_MINOR = "1.35"  # the Kubernetes version the local platform runs, as kubelets name it in User-Agent
+PROBE_AGENT = f"kube-probe/{KUBE_MINOR}"
 
 
 @dataclass(frozen=True)
@@ -37,53 +41,71 @@ def _port(value: int | str, ports: Mapping[str, int]) -> int:
     return ports[value]
 
 
+HANDLER_ERRORS = (OSError, aiohttp.ClientError, ValueError)  # TimeoutError is an OSError
+
+
+def failure_text(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
 async def probe_once(probe: Manifest, target: ProbeTarget, http: aiohttp.ClientSession) -> tuple[bool, str]:
     """Run a probe once: (success, what went wrong)."""
     timeout = float(probe.get("timeoutSeconds", 1))
     try:
-        if action := probe.get("httpGet"):
-            return await _http(action, target, http, timeout)
-        if action := probe.get("tcpSocket"):
-            host = action.get("host") or target.pod_ip
-            port = _port(action["port"], target.ports)
-            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-            return True, ""
-        if action := probe.get("exec"):
-            return await _exec(action["command"], target, timeout)
-        if "grpc" in probe:
-            return False, "grpc probes are not supported by the local node"
+        return await _probe(probe, target, http, timeout)
     except TimeoutError:
         return False, f"timeout after {timeout:g}s"
-    except (OSError, aiohttp.ClientError, ValueError) as exc:
-        return False, str(exc) or type(exc).__name__
+    except HANDLER_ERRORS as exc:
+        return False, failure_text(exc)
+
+
+async def _probe(
+    probe: Manifest, target: ProbeTarget, http: aiohttp.ClientSession, timeout: float
+) -> tuple[bool, str]:
+    if action := probe.get("httpGet"):
+        status = await http_get(action, target, http, timeout, PROBE_AGENT)
+        if 200 <= status < 400:
+            return True, ""
+        return False, f"HTTP probe failed with statuscode: {status}"
+    if action := probe.get("tcpSocket"):
+        host = action.get("host") or target.pod_ip
+        port = _port(action["port"], target.ports)
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True, ""
+    if action := probe.get("exec"):
+        code, output = await exec_in_container(action["command"], target, timeout)
+        return code == 0, "" if code == 0 else output[-300:] or f"command exited {code}"
+    if "grpc" in probe:
+        return False, "grpc probes are not supported by the local node"
     return False, "the probe has no action"
 
 
-async def _http(
-    action: Manifest, target: ProbeTarget, http: aiohttp.ClientSession, timeout: float
-) -> tuple[bool, str]:
+async def http_get(
+    action: Manifest, target: ProbeTarget, http: aiohttp.ClientSession, timeout: float | None, agent: str
+) -> int:
+    """GET an httpGet action's URL from the node (host: the pod's IP unless given); its status code.
+    Raises (OSError, aiohttp.ClientError, TimeoutError) when no answer comes."""
     scheme = str(action.get("scheme", "HTTP")).lower()
     host = action.get("host") or target.pod_ip
     url = f"{scheme}://{host}:{_port(action['port'], target.ports)}{action.get('path', '/')}"
-    headers = {
-        "User-Agent": "kube-probe/1.35",
-        **{h["name"]: h["value"] for h in action.get("httpHeaders") or []},
-    }
+    headers = {"User-Agent": agent, **{h["name"]: h["value"] for h in action.get("httpHeaders") or []}}
     async with http.get(
         url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout), ssl=False, allow_redirects=False
     ) as response:
-        if 200 <= response.status < 400:
-            return True, ""
-        return False, f"HTTP probe failed with statuscode: {response.status}"
+        return response.status
 
 
-async def _exec(command: list[str], target: ProbeTarget, timeout: float) -> tuple[bool, str]:
+async def exec_in_container(
+    command: list[str], target: ProbeTarget, timeout: float | None
+) -> tuple[int, str]:
+    """Run `command` in the container's namespaces with its environment: (exit code, its output). The
+    command's whole process group is killed if it outlives `timeout` or its caller is cancelled."""
     pid = target.pid()
     if pid is None:
-        return False, "the container is not running"
+        raise ProcessLookupError("the container is not running")
     process = await asyncio.create_subprocess_exec(
         "nsenter",
         f"--target={pid}",
@@ -95,16 +117,17 @@ async def _exec(command: list[str], target: ProbeTarget, timeout: float) -> tupl
         env=dict(target.env),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         output, _ = await asyncio.wait_for(process.communicate(), timeout)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise
-    if process.returncode == 0:
-        return True, ""
-    return False, output.decode(errors="replace").strip()[-300:] or f"command exited {process.returncode}"
+    finally:
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            await asyncio.shield(process.wait())
+    assert process.returncode is not None
+    return process.returncode, output.decode(errors="replace").strip()
 
 
 class ProbeRunner:

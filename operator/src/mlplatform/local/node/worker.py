@@ -37,6 +37,7 @@ from mlplatform.local.node.environment import (
     quantity_millicores,
     service_link_env,
 )
+from mlplatform.local.node.hooks import failure_message, run_hook, signal_grace
 from mlplatform.local.node.layout import NodeLayout, PodLayout
 from mlplatform.local.node.logs import parse_time
 from mlplatform.local.node.probes import ProbeRunner, ProbeTarget
@@ -98,6 +99,12 @@ def should_restart(restart_policy: str, attempt: Attempt, init: bool) -> bool:
     return True
 
 
+def lifecycle_handler(container: Manifest | None, hook: str) -> Manifest | None:
+    """The container's `postStart` or `preStop` handler, if it has one."""
+    handler: Manifest | None = ((container or {}).get("lifecycle") or {}).get(hook)
+    return handler
+
+
 def epoch(stamp: str) -> float:
     """Seconds since the epoch of an API timestamp (RFC 3339, with or without fractions)."""
     return parse_time(stamp).timestamp()
@@ -122,6 +129,9 @@ class PodWorker:
         self.terminal_reason: dict[str, str] | None = None
         self.recent_events: dict[tuple[str, str], float] = {}
         self.exit_watches: dict[tuple[str, int], int] = {}
+        self.post_starts: dict[str, tuple[int, asyncio.Task[None]]] = {}  # running postStart hooks
+        self.pre_stopped: set[tuple[str, int]] = set()  # attempts whose preStop hook ran: it runs once
+        self.stopping: set[tuple[str, int]] = set()  # attempts being stopped: their probes stay off
         self.background: set[asyncio.Task[None]] = set()
         self.task: asyncio.Task[None] | None = None
 
@@ -410,6 +420,8 @@ class PodWorker:
     async def run_containers(self) -> None:
         policy = self.pod["spec"].get("restartPolicy", "Always")
         for container in self.pod["spec"]["containers"]:
+            if self.post_starts:
+                return  # as the kubelet's sync, which waits for a postStart hook: nothing else starts
             name = container["name"]
             latest, _ = self.attempts(name)
             if latest is None:
@@ -422,7 +434,7 @@ class PodWorker:
                 if latest.started_at is None:
                     self.wake_in(0.2)  # the shim has not recorded the start yet
                 self.watch_exit(name, latest.number)
-                if name not in self.probes:
+                if name not in self.probes and (name, latest.number) not in self.stopping:
                     self.start_probes(container, latest)  # an attempt re-adopted after an agent restart
 
     async def restart_after_backoff(self, container: Manifest, latest: Attempt) -> None:
@@ -458,9 +470,74 @@ class PodWorker:
         await self.until_recorded(name, number)
         self.watch_exit(name, number)
         latest, _ = self.attempts(name)
-        if latest is not None and not self.is_init(name):
+        if latest is not None and latest.running and (hook := lifecycle_handler(container, "postStart")):
+            task = asyncio.create_task(self.post_start(container, latest, hook), name=f"post-start-{name}")
+            self.post_starts[name] = (number, task)
+        elif latest is not None and not self.is_init(name):
             self.start_probes(container, latest)
         self.wake_in(0.5)
+
+    # --- lifecycle hooks
+    async def post_start(self, container: Manifest, attempt: Attempt, hook: Manifest) -> None:
+        """Run a postStart hook; the container counts as started (and is probed) once it succeeded, and is
+        killed if it failed, as the kubelet does. Runs as a task: the pod can be deleted meanwhile."""
+        name = container["name"]
+        try:
+            ok, message = await run_hook(hook, self.probe_target(container, attempt.number), self.node.http)
+            if ok:
+                if not self.is_init(name):
+                    self.start_probes(container, attempt)
+                return
+            await self.failed_post_start(
+                name, attempt.number, failure_message(hook, name, self.pod_ref(), message)
+            )
+        finally:
+            if self.post_start_running(name, attempt.number):
+                del self.post_starts[name]
+            self.wake.set()
+
+    async def failed_post_start(self, name: str, number: int, detail: str) -> None:
+        log.info("pod %s: %s", self.name, detail)
+        self.waiting[name] = ("PostStartHookError", detail)  # shown while the container waits to restart
+        await self.event("Warning", "FailedPostStartHook", f"PostStartHook failed for container {name}")
+        await self.event("Normal", "Killing", "FailedPostStartHook")
+        await self.stop_container(name, number, self.grace_seconds())
+
+    def post_start_running(self, name: str, number: int) -> bool:
+        return self.post_starts.get(name, (-1,))[0] == number
+
+    async def cancel_post_starts(self) -> None:
+        tasks = [task for _, task in self.post_starts.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def pre_stop(self, name: str, number: int, grace: float) -> float | None:
+        """Run the preStop hook of a running attempt, once, for at most `grace` seconds (a hook still
+        running then is given up, as the kubelet gives it up); the seconds it took, None if none ran."""
+        container = next((c for c in self.all_containers() if c["name"] == name), None)
+        hook = lifecycle_handler(container, "preStop")
+        if container is None or hook is None or grace <= 0 or (name, number) in self.pre_stopped:
+            return None
+        if not runtime.read_attempt(self.layout, name, number).running:
+            return None
+        self.pre_stopped.add((name, number))
+        started = time.monotonic()
+        target = self.probe_target(container, number)
+        try:
+            ok, message = await asyncio.wait_for(run_hook(hook, target, self.node.http), grace)
+        except TimeoutError:
+            log.info("pod %s: the preStop hook of %s did not end within %gs", self.name, name, grace)
+        else:
+            if not ok:
+                log.info("pod %s: %s", self.name, failure_message(hook, name, self.pod_ref(), message))
+                await self.event("Warning", "FailedPreStopHook", f"PreStopHook failed for container {name}")
+        return time.monotonic() - started
+
+    def pod_ref(self) -> str:
+        """The pod as the kubelet names it in messages: name_namespace(uid)."""
+        metadata = self.pod["metadata"]
+        return f"{metadata['name']}_{metadata['namespace']}({self.uid})"
 
     async def until_recorded(self, name: str, number: int, timeout: float = 5.0) -> None:
         """Wait (briefly) for the shim to record the start, so the next report already says Running."""
@@ -626,17 +703,22 @@ class PodWorker:
         )
 
     # --- probes
+    def probe_target(self, container: Manifest, number: int) -> ProbeTarget:
+        """Where probes and lifecycle hooks reach one attempt of a container."""
+        name = container["name"]
+        record = runtime.read_sandbox(self.layout)
+        ports = {p["name"]: int(p["containerPort"]) for p in container.get("ports") or [] if p.get("name")}
+        return ProbeTarget(
+            record.ip or self.node.config.network.host_address if record else "",
+            lambda: runtime.container_pid(self.layout, name, number),
+            ports,
+            self._probe_env(name, number),
+        )
+
     def start_probes(self, container: Manifest, attempt: Attempt) -> None:
         name = container["name"]
         self.stop_probes(name)
-        record = runtime.read_sandbox(self.layout)
-        ports = {p["name"]: int(p["containerPort"]) for p in container.get("ports") or [] if p.get("name")}
-        target = ProbeTarget(
-            record.ip or self.node.config.network.host_address if record else "",
-            lambda: runtime.container_pid(self.layout, name, attempt.number),
-            ports,
-            self._probe_env(name, attempt.number),
-        )
+        target = self.probe_target(container, attempt.number)
         has_startup = "startupProbe" in container and not self.reported_started(name, attempt)
         self.probe_results[(name, "startup")] = not has_startup
         number = attempt.number
@@ -698,7 +780,18 @@ class PodWorker:
         self.wake.set()
 
     # --- stopping
-    async def stop_container(self, name: str, number: int, grace: int) -> None:
+    async def stop_container(self, name: str, number: int, grace: float) -> None:
+        """The kubelet's killContainer: the preStop hook, then SIGTERM, then SIGKILL once the grace period is
+        spent; the hook's time counts against the grace period."""
+        key = (name, number)
+        self.stopping.add(key)
+        try:
+            spent = await self.pre_stop(name, number, grace)
+            await self.signal_until_stopped(name, number, signal_grace(grace, spent))
+        finally:
+            self.stopping.discard(key)
+
+    async def signal_until_stopped(self, name: str, number: int, grace: float) -> None:
         await asyncio.to_thread(runtime.signal_container, self.layout, name, number, signal.SIGTERM)
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
@@ -712,9 +805,11 @@ class PodWorker:
             await asyncio.sleep(0.1)
 
     async def terminate(self, grace: int, reason: str = "") -> None:
-        """Stop every container gracefully (SIGTERM, then SIGKILL after `grace`), then the sandbox."""
+        """Stop every container gracefully (preStop hook, SIGTERM, then SIGKILL after `grace`), then the
+        sandbox."""
         for name in list(self.probes):
             self.stop_probes(name)
+        await self.cancel_post_starts()
         running = []
         for container in self.all_containers():
             latest, _ = self.attempts(container["name"])
@@ -729,6 +824,7 @@ class PodWorker:
         await self.stop_everything()
 
     async def stop_everything(self) -> None:
+        await self.cancel_post_starts()
         if runtime.read_sandbox(self.layout) is not None or self.probes:
             for name in list(self.probes):
                 self.stop_probes(name)
@@ -743,8 +839,10 @@ class PodWorker:
         policy = self.pod["spec"].get("restartPolicy", "Always")
         if latest is not None and (latest.running or not should_restart(policy, latest, self.is_init(name))):
             waiting = None  # a reason to wait only counts for a container that is to (re)start
+        if latest is not None and latest.running and self.post_start_running(name, latest.number):
+            waiting = ("ContainerCreating", "")  # the kubelet reports a container once its postStart ended
         running = latest is not None and latest.running and waiting is None
-        started = self.probe_results.get((name, "startup"), True)
+        started = waiting is None and self.probe_results.get((name, "startup"), True)
         ready = (
             running
             and started
