@@ -10,7 +10,14 @@ import pytest
 
 from mlplatform.local.config import Network
 from mlplatform.local.node.layout import NodeLayout
-from mlplatform.local.node.runtime import SandboxError, allocate_ip, hosts_file, release_ip, resolv_conf
+from mlplatform.local.node.runtime import (
+    SandboxError,
+    allocate_ip,
+    hosts_file,
+    mac_for,
+    release_ip,
+    resolv_conf,
+)
 
 NETWORK = Network()
 HOST_RESOLV = "# from the host\nnameserver 192.0.2.53\nsearch corp.example\noptions edns0\n"
@@ -123,3 +130,9 @@ def test_ip_leases_exhausted_is_a_clear_error(tmp_path: Path) -> None:
 def test_release_ip_without_any_lease_folder_is_harmless(tmp_path: Path) -> None:
     release_ip(NodeLayout(tmp_path / "never-made"), "uid")
     assert not (tmp_path / "never-made").exists()
+
+
+def test_a_pods_mac_follows_its_ip_so_a_reused_address_keeps_its_neighbours_right() -> None:
+    assert mac_for("10.244.0.5") == "0a:58:0a:f4:00:05"
+    assert mac_for("10.244.1.254") == "0a:58:0a:f4:01:fe"
+    assert mac_for("10.244.0.5") != mac_for("10.244.0.6")

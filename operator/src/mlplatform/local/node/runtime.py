@@ -186,12 +186,19 @@ def _ip_batch(commands: list[str], namespace_pid: int | None = None) -> None:
         raise SandboxError(f"network setup failed: {result.stderr.strip()}")
 
 
+def mac_for(ip: str) -> str:
+    """The pod's MAC address, derived from its IP as CNI's bridge plugin does (0a:58:<the IPv4 bytes>): a
+    pod that reuses an address also reuses its MAC, so the neighbour caches of other pods and of the node
+    stay right (with a fresh MAC, replies went to the previous pod's until the stale entry expired)."""
+    return "0a:58:" + ":".join(f"{byte:02x}" for byte in ipaddress.IPv4Address(ip).packed)
+
+
 def wire_network(pid: int, ip: str, veth: str, network: Network) -> None:
     """Give the sandbox an eth0 with `ip`, its other end on the node bridge, and a default route."""
     prefix = network.pod_cidr.split("/")[1]
     _ip_batch(
         [
-            f"link add {veth} type veth peer name eth0 netns {pid}",
+            f"link add {veth} type veth peer name eth0 address {mac_for(ip)} netns {pid}",
             f"link set {veth} master {network.bridge}",
             f"link set dev {veth} type bridge_slave hairpin on",
             f"link set {veth} up",
