@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client, config
 
+from kube import fresh_namespace
 from mlplatform.local import cluster
 from mlplatform.local.config import (
     LocalConfig,
@@ -113,13 +114,8 @@ def api_client(kubeconfig: Path) -> client.ApiClient:
 @pytest.fixture
 def namespace(api_client: client.ApiClient) -> Iterator[str]:
     """A fresh namespace for one test, deleted after it."""
-    name = f"test-{uuid.uuid4().hex[:8]}"
-    core = client.CoreV1Api(api_client)
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    try:
+    with fresh_namespace(api_client) as name:
         yield name
-    finally:
-        core.delete_namespace(name)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -12,6 +14,8 @@ import psutil
 import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
+
+from mlplatform import names
 
 T = TypeVar("T")
 
@@ -124,3 +128,30 @@ def processes_with(marker: str) -> list[psutil.Process]:
         for p in psutil.process_iter(["cmdline", "status"])
         if marker in (p.info["cmdline"] or []) and p.info["status"] != psutil.STATUS_ZOMBIE
     ]
+
+
+def custom_object(
+    api_client: client.ApiClient, plural: str, namespace: str, name: str
+) -> dict[str, Any] | None:
+    """One of our custom objects (group mlplatform.dev), or None if it does not exist."""
+    try:
+        found: dict[str, Any] = client.CustomObjectsApi(api_client).get_namespaced_custom_object(
+            names.GROUP, names.VERSION, namespace, plural, name
+        )
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return found
+
+
+@contextlib.contextmanager
+def fresh_namespace(api_client: client.ApiClient, prefix: str = "test") -> Iterator[str]:
+    """A new namespace, deleted (with all it holds) when the block ends."""
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    core = client.CoreV1Api(api_client)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    try:
+        yield name
+    finally:
+        core.delete_namespace(name)

@@ -20,6 +20,8 @@ from kube import eventually
 # Stands in for the MLflow credentials a real deployment gives the operator; the server ignores it, and
 # the leak test looks for it everywhere the operator writes.
 OPERATOR_TOKEN = "mlp-test-token-5a1d0c2e9b7f"
+# Signs the registry webhook's deliveries (the chart takes it from a Secret); leak tests look for it too.
+WEBHOOK_SECRET = "mlp-test-webhook-3e9d1f7a2c"
 
 
 def free_port() -> int:
@@ -37,14 +39,16 @@ class OperatorProcess:
     log_path: Path
     extra_env: Mapping[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
+    webhooks: bool = True  # receive the registry's webhooks (else ModelDeployments only poll)
     health_port: int = 0
     metrics_port: int = 0
+    webhook_port: int = 0
     active_uri: str = ""
 
     def start(self, tracking_uri: str | None = None) -> None:
         """Start the operator (against `tracking_uri` instead of the stack's, to make MLflow unreachable)."""
         assert self.process is None or self.process.poll() is not None, "already running"
-        self.health_port, self.metrics_port = free_port(), free_port()
+        self.health_port, self.metrics_port, self.webhook_port = free_port(), free_port(), free_port()
         self.active_uri = tracking_uri or self.tracking_uri
         env = {
             **os.environ,
@@ -55,7 +59,11 @@ class OperatorProcess:
             "MLPLATFORM_LISTEN_ADDRESS": "127.0.0.1",
             "MLPLATFORM_HEALTH_PORT": str(self.health_port),
             "MLPLATFORM_METRICS_PORT": str(self.metrics_port),
+            "MLPLATFORM_WEBHOOK_PORT": str(self.webhook_port),
+            "MLPLATFORM_WEBHOOK_SECRET": WEBHOOK_SECRET,
         }
+        if self.webhooks:
+            env["MLPLATFORM_WEBHOOK_URL"] = self.webhook_url
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "mlplatform.cli", "operator"],
@@ -66,6 +74,11 @@ class OperatorProcess:
         )
         log.close()
         eventually(self.healthy, timeout=60, what="the operator answers /healthz")
+
+    @property
+    def webhook_url(self) -> str:
+        """The receiver as the tracking server (a process on this machine) reaches it."""
+        return f"http://127.0.0.1:{self.webhook_port}/webhooks/mlflow"
 
     def healthy(self) -> bool:
         assert self.process is not None

@@ -6,9 +6,8 @@ import uuid
 from typing import Any
 
 from kubernetes import client
-from kubernetes.client.rest import ApiException
 
-from kube import eventually
+from kube import custom_object, eventually
 from mlplatform import names
 from stack import Stack
 
@@ -30,15 +29,7 @@ def python_run(name: str, script: str, **spec: Any) -> dict[str, Any]:
 
 
 def get(api_client: client.ApiClient, namespace: str, name: str) -> dict[str, Any] | None:
-    try:
-        found: dict[str, Any] = client.CustomObjectsApi(api_client).get_namespaced_custom_object(
-            names.GROUP, names.VERSION, namespace, names.TRAININGRUN_PLURAL, name
-        )
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
-    return found
+    return custom_object(api_client, names.TRAININGRUN_PLURAL, namespace, name)
 
 
 def status(api_client: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
@@ -66,17 +57,21 @@ def wait_phase(
     return result
 
 
-def events(api_client: client.ApiClient, namespace: str, name: str) -> list[tuple[str, str, str]]:
-    """(type, reason, message) of the events about one TrainingRun."""
+def events(
+    api_client: client.ApiClient, namespace: str, name: str, kind: str = names.TRAININGRUN_KIND
+) -> list[tuple[str, str, str]]:
+    """(type, reason, message) of the events about one of our objects (a TrainingRun by default)."""
     listed = client.CoreV1Api(api_client).list_namespaced_event(
-        namespace, field_selector=f"involvedObject.name={name},involvedObject.kind={names.TRAININGRUN_KIND}"
+        namespace, field_selector=f"involvedObject.name={name},involvedObject.kind={kind}"
     )
     return [(e.type, e.reason, e.message or "") for e in listed.items]
 
 
-def wait_event(api_client: client.ApiClient, namespace: str, name: str, reason: str) -> tuple[str, str, str]:
+def wait_event(
+    api_client: client.ApiClient, namespace: str, name: str, reason: str, kind: str = names.TRAININGRUN_KIND
+) -> tuple[str, str, str]:
     def found() -> tuple[str, str, str] | None:
-        return next((e for e in events(api_client, namespace, name) if e[1] == reason), None)
+        return next((e for e in events(api_client, namespace, name, kind) if e[1] == reason), None)
 
     result: tuple[str, str, str] = eventually(found, timeout=30, what=f"event {reason} on {name}")
     return result

@@ -13,7 +13,7 @@ from kubernetes import client
 
 from kube import apply, eventually, kubectl, pods_of
 from mlplatform import names
-from operator_process import OPERATOR_TOKEN, OperatorProcess
+from operator_process import OPERATOR_TOKEN, WEBHOOK_SECRET, OperatorProcess
 from stack import Stack
 from trainingruns import (
     condition,
@@ -351,6 +351,7 @@ def test_no_credential_appears_in_the_object_its_events_its_job_or_the_logs(
     secrets = {
         "the trainer's Secret": secret_value,
         "the operator's MLflow token": OPERATOR_TOKEN,
+        "the webhook signing secret": WEBHOOK_SECRET,
         "the database password": credentials.postgres_password,
         "the MinIO password": credentials.minio_password,
     }

@@ -13,14 +13,14 @@ from typing import Any
 import kopf
 from prometheus_client import start_http_server
 
-from mlplatform import names
-from mlplatform.handlers import trainingrun
+from mlplatform import names, webhooks
+from mlplatform.handlers import modeldeployment, trainingrun  # noqa: F401 - importing registers the handlers
 from mlplatform.handlers.context import OperatorContext
 from mlplatform.kube import Kube, connect
 from mlplatform.metrics import register_phases
 from mlplatform.registry import Registry
-from mlplatform.settings import OperatorSettings
-from mlplatform.tracking import Credentials, MlflowClient
+from mlplatform.settings import WEBHOOK_SECRET_ENV, OperatorSettings
+from mlplatform.tracking import Credentials, MlflowClient, MlflowError
 
 logger = logging.getLogger("mlplatform.operator")
 
@@ -38,11 +38,12 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     settings.watching.client_timeout = 660
     settings.watching.connect_timeout = 10
     settings.watching.inactivity_timeout = 70
-    # Only the Jobs and pods of TrainingRuns, filtered by the apiserver: a big cluster's other pods never
-    # reach the operator's memory.
+    # Only the Jobs and pods of TrainingRuns and the Deployments of ModelDeployments, filtered by the
+    # apiserver: a big cluster's other pods never reach the operator's memory.
     selector = names.LABEL_TRAININGRUN
     settings.watching.label_selectors["batch", "v1", "jobs"] = selector
     settings.watching.label_selectors["v1", "pods"] = selector
+    settings.watching.label_selectors["apps", "v1", "deployments"] = names.LABEL_MODELDEPLOYMENT
     # One worker per object already serialises its handlers; bound the total so a burst of thousands of
     # objects queues instead of opening thousands of concurrent API and MLflow calls.
     settings.queueing.worker_limit = 200
@@ -65,6 +66,8 @@ def make_startup(operator_settings: OperatorSettings) -> Any:
         ctx = OperatorContext(operator_settings, mlflow, Registry(mlflow), Kube(api))
         memo["context"] = ctx
         register_phases(trainingrun.KIND, ctx.phases)
+        if (hooks := webhook_settings(operator_settings)) is not None:
+            memo["webhooks"] = await start_webhooks(ctx, hooks)
         start_http_server(operator_settings.metrics_port, addr=operator_settings.listen_address)
         logger.info(
             "operator started: MLflow at %s (pods use %s), namespaces %s",
@@ -76,8 +79,36 @@ def make_startup(operator_settings: OperatorSettings) -> Any:
     return startup
 
 
+def webhook_settings(settings: OperatorSettings) -> webhooks.WebhookSettings | None:
+    if not settings.webhook_url:
+        return None
+    secret = os.environ[WEBHOOK_SECRET_ENV]
+    return webhooks.WebhookSettings(
+        settings.webhook_url, secret, settings.listen_address, settings.webhook_port
+    )
+
+
+async def start_webhooks(ctx: OperatorContext, hooks: webhooks.WebhookSettings) -> Any:
+    """Serve the receiver, then register it with MLflow. A registration that fails is logged and left to
+    polling: ModelDeployments still follow the registry, only later."""
+
+    def on_model(model: str) -> None:
+        woken = ctx.wake_model(model)
+        logger.info("registry webhook for model %s: %d ModelDeployment(s) re-resolve", model, woken)
+
+    runner = await webhooks.serve(hooks, on_model)
+    try:
+        webhook_id = await webhooks.ensure_registered(ctx.mlflow, hooks)
+        logger.info("registry webhook %s delivers to %s", webhook_id, hooks.url)
+    except MlflowError as exc:
+        logger.warning("cannot register the registry webhook (polling only): %s", exc)
+    return runner
+
+
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     ctx: OperatorContext | None = memo.get("context")
+    if (runner := memo.get("webhooks")) is not None:
+        await runner.cleanup()
     if ctx is not None:
         await ctx.mlflow.close()
         await ctx.kube.api.close()

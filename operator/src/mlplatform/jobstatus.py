@@ -122,3 +122,9 @@ def _stuck_container(pods: Sequence[Manifest]) -> tuple[str, str] | None:
             if why in CONFIG_FAILURES:
                 return why, f"container {name}: {detail}"
     return None
+
+
+def pod_failure(pods: Sequence[Manifest]) -> tuple[str, str] | None:
+    """Why pods do not come up: a container that cannot start, else the newest failed container's exit
+    (a ModelDeployment's rollout that never becomes ready reports this)."""
+    return _stuck_container(pods) or _failed_container(pods)

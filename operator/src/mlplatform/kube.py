@@ -1,7 +1,9 @@
-"""The few Kubernetes API calls the operator makes beyond kopf's own: Jobs, and status of other objects.
+"""The few Kubernetes API calls the operator makes beyond kopf's own: children, and status of its objects.
 
-Thin and typed over kubernetes_asyncio, so handlers read as what they do. Merge patches throughout: a
-custom resource takes no strategic merge, and a merge patch touches only the fields it names.
+Thin and typed over kubernetes_asyncio, so handlers read as what they do. Jobs are created once; the
+children of a ModelDeployment are applied server-side (one field manager, so the operator owns exactly
+the fields it sets and an autoscaler keeps `replicas`). Status takes merge patches: a custom resource
+takes no strategic merge, and a merge patch touches only the fields it names.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from mlplatform import names
 
 Manifest = dict[str, Any]
 MERGE_PATCH = "application/merge-patch+json"
+APPLY_PATCH = "application/apply-patch+yaml"
+FIELD_MANAGER = "mlplatform-operator"
 NOT_FOUND = 404
 CONFLICT = 409
 
@@ -38,6 +42,63 @@ class Kube:
         self.api = api
         self.batch = client.BatchV1Api(api)
         self.custom = client.CustomObjectsApi(api)
+        self.core = client.CoreV1Api(api)
+        apps = client.AppsV1Api(api)
+        autoscaling = client.AutoscalingV2Api(api)
+        policy = client.PolicyV1Api(api)
+        # kind -> (server-side apply, delete) of the namespaced kinds a ModelDeployment owns.
+        self._namespaced: dict[str, tuple[Any, Any]] = {
+            "Deployment": (apps.patch_namespaced_deployment, apps.delete_namespaced_deployment),
+            "Service": (self.core.patch_namespaced_service, self.core.delete_namespaced_service),
+            "HorizontalPodAutoscaler": (
+                autoscaling.patch_namespaced_horizontal_pod_autoscaler,
+                autoscaling.delete_namespaced_horizontal_pod_autoscaler,
+            ),
+            "PodDisruptionBudget": (
+                policy.patch_namespaced_pod_disruption_budget,
+                policy.delete_namespaced_pod_disruption_budget,
+            ),
+        }
+        self.apps = apps
+
+    async def apply(self, manifest: Mapping[str, Any]) -> Manifest:
+        """Server-side apply: the object as `manifest` says, whatever it was (or create it)."""
+        patch, _ = self._namespaced[manifest["kind"]]
+        metadata = manifest["metadata"]
+        applied = await patch(
+            metadata["name"],
+            metadata["namespace"],
+            dict(manifest),
+            field_manager=FIELD_MANAGER,
+            force=True,  # the operator's fields are the operator's, even after a `kubectl edit`
+            _content_type=APPLY_PATCH,
+        )
+        return cast(Manifest, self.api.sanitize_for_serialization(applied))
+
+    async def delete(self, kind: str, namespace: str, name: str) -> bool:
+        """Delete the object if it exists; whether it did."""
+        _, delete = self._namespaced[kind]
+        try:
+            await delete(name, namespace)
+        except ApiException as exc:
+            if exc.status == NOT_FOUND:
+                return False
+            raise
+        return True
+
+    async def read_deployment(self, namespace: str, name: str) -> Manifest | None:
+        try:
+            found = await self.apps.read_namespaced_deployment(name, namespace)
+        except ApiException as exc:
+            if exc.status == NOT_FOUND:
+                return None
+            raise
+        return cast(Manifest, self.api.sanitize_for_serialization(found))
+
+    async def list_pods(self, namespace: str, selector: Mapping[str, str]) -> list[Manifest]:
+        label_selector = ",".join(f"{key}={value}" for key, value in selector.items())
+        found = await self.core.list_namespaced_pod(namespace, label_selector=label_selector)
+        return [cast(Manifest, self.api.sanitize_for_serialization(pod)) for pod in found.items]
 
     async def create_job(self, job: Mapping[str, Any]) -> Manifest:
         """Create the Job, or return the existing one of that name (after a crash or a retry)."""
@@ -75,14 +136,14 @@ class Kube:
             if exc.status != NOT_FOUND:
                 raise
 
-    async def patch_trainingrun_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        """Merge `status` into the TrainingRun's status; a TrainingRun deleted meanwhile is no error."""
+    async def patch_status(self, plural: str, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        """Merge `status` into one of our objects' status; an object deleted meanwhile is no error."""
         try:
             await self.custom.patch_namespaced_custom_object_status(
                 names.GROUP,
                 names.VERSION,
                 namespace,
-                names.TRAININGRUN_PLURAL,
+                plural,
                 name,
                 {"status": dict(status)},
                 _content_type=MERGE_PATCH,  # type: ignore[call-arg]

@@ -26,6 +26,17 @@ MLFLOW_CALLS = Counter(
     ["call", "status"],
 )
 
+WEBHOOK_DELIVERIES = Counter(
+    "mlplatform_webhook_deliveries_total",
+    "MLflow registry webhook deliveries received, by result (accepted, refused, ignored)",
+    ["result"],
+)
+ROLLOUTS = Counter(
+    "mlplatform_model_rollouts_total",
+    "Model version rollouts of ModelDeployments, by outcome (completed, rolled_back, failed)",
+    ["outcome"],
+)
+
 
 class PhaseCollector(Collector):
     """Objects by phase, counted from what the operator's watch last saw of each (uid -> phase)."""

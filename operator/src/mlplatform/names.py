@@ -12,6 +12,8 @@ VERSION: Final = "v1alpha1"
 API_VERSION: Final = f"{GROUP}/{VERSION}"
 TRAININGRUN_KIND: Final = "TrainingRun"
 TRAININGRUN_PLURAL: Final = "trainingruns"
+MODELDEPLOYMENT_KIND: Final = "ModelDeployment"
+MODELDEPLOYMENT_PLURAL: Final = "modeldeployments"
 
 # kopf's bookkeeping, under our own domain rather than kopf's.
 FINALIZER: Final = f"{GROUP}/finalizer"
@@ -20,6 +22,9 @@ LAST_HANDLED_ANNOTATION: Final = f"{GROUP}/last-handled-configuration"
 
 # Labels on everything the operator creates (app.kubernetes.io/* plus our own selector labels).
 LABEL_TRAININGRUN: Final = f"{GROUP}/trainingrun"
+LABEL_MODELDEPLOYMENT: Final = f"{GROUP}/modeldeployment"
+LABEL_MODEL_VERSION: Final = f"{GROUP}/model-version"  # on serving pods: the version they serve
+ANNOTATION_MODEL_URI: Final = f"{GROUP}/model-uri"  # on serving pods: models:/<name>/<version>
 LABEL_NAME: Final = "app.kubernetes.io/name"
 LABEL_INSTANCE: Final = "app.kubernetes.io/instance"
 LABEL_COMPONENT: Final = "app.kubernetes.io/component"

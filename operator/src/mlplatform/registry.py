@@ -50,6 +50,15 @@ class Registry:
         )
         return model_version_from_json(found["model_version"])
 
+    async def find_version(self, name: str, version: str) -> ModelVersion | None:
+        """The version; None when it or its model does not exist."""
+        try:
+            return await self.get_version(name, version)
+        except MlflowError as error:
+            if error.code == NOT_FOUND:
+                return None
+            raise
+
     async def _full(self, version: Mapping[str, Any] | None) -> ModelVersion | None:
         """The version as model-versions/get tells it: searches and stage lists leave out its aliases."""
         return None if version is None else await self.get_version(version["name"], str(version["version"]))

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 # The tracking server's Service as the platform chart names it.
 DEFAULT_TRACKING_URI = "http://mlflow.mlplatform-system.svc:5000"
 DEFAULT_GIT_IMAGE = "alpine/git:2.47.2"
+WEBHOOK_SECRET_ENV = "MLPLATFORM_WEBHOOK_SECRET"  # noqa: S105 - the variable's name, not a secret
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,8 @@ class OperatorSettings:
     listen_address: str = "0.0.0.0"  # noqa: S104 - in a pod, probes and Prometheus come from outside
     health_port: int = 8080
     metrics_port: int = 9090
+    webhook_url: str | None = None  # where MLflow reaches the webhook receiver; None: polling only
+    webhook_port: int = 9443
 
     @property
     def trainer_tracking_uri(self) -> str:

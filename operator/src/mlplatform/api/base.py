@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 M = TypeVar("M", bound="SpecModel")
@@ -20,6 +20,30 @@ class SpecModel(BaseModel):
     an operator older than its CRD must not reject what a newer one added."""
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True, extra="ignore")
+
+
+Manifest = dict[str, Any]
+
+
+class NamedRef(SpecModel):
+    name: str = Field(min_length=1)
+
+
+class PodOptions(SpecModel):
+    """How and where a resource's pods run: the fields both resources pass through to their pods (the
+    Kubernetes types themselves are validated by the apiserver when the pod is made)."""
+
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    resources: Manifest | None = None
+    env: list[Manifest] = Field(default_factory=list)
+    env_from: list[Manifest] = Field(default_factory=list)
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Manifest] = Field(default_factory=list)
+    affinity: Manifest | None = None
+    service_account_name: str | None = None
+    pod_security_context: Manifest | None = None
+    security_context: Manifest | None = None
+    image_pull_secrets: list[NamedRef] = Field(default_factory=list)
 
 
 def field_path(location: tuple[int | str, ...], prefix: str) -> str:

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from mlplatform.api.base import SpecModel, parse
+from mlplatform.api.base import NamedRef, PodOptions, SpecModel, parse
 
 
 class Phase(StrEnum):
@@ -27,10 +27,6 @@ class Phase(StrEnum):
     @property
     def finished(self) -> bool:
         return self in (Phase.SUCCEEDED, Phase.FAILED)
-
-
-class NamedRef(SpecModel):
-    name: str = Field(min_length=1)
 
 
 class GitSource(SpecModel):
@@ -84,12 +80,8 @@ class ModelSpec(SpecModel):
     promote: Promote | None = None
 
 
-Manifest = dict[str, Any]
-
-
-class TrainingRunSpec(SpecModel):
+class TrainingRunSpec(PodOptions):
     image: str = Field(min_length=1)
-    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
     command: list[str] | None = None
     entry_point: str | None = None
     source: Source | None = None
@@ -98,16 +90,6 @@ class TrainingRunSpec(SpecModel):
     tags: dict[str, str] = Field(default_factory=dict)
     key_metric: str | None = None
     model: ModelSpec | None = None
-    resources: Manifest | None = None
-    env: list[Manifest] = Field(default_factory=list)
-    env_from: list[Manifest] = Field(default_factory=list)
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    tolerations: list[Manifest] = Field(default_factory=list)
-    affinity: Manifest | None = None
-    service_account_name: str | None = None
-    pod_security_context: Manifest | None = None
-    security_context: Manifest | None = None
-    image_pull_secrets: list[NamedRef] = Field(default_factory=list)
     backoff_limit: int = Field(default=0, ge=0)
     active_deadline_seconds: int | None = Field(default=None, ge=1)
     ttl_seconds_after_finished: int | None = Field(default=None, ge=0)

@@ -6,6 +6,7 @@ import hashlib
 from typing import Any
 
 from mlplatform import names
+from mlplatform.api.base import PodOptions
 
 Manifest = dict[str, Any]
 LABEL_VALUE_LIMIT = 63
@@ -62,3 +63,15 @@ def env_var(name: str, value: str) -> Manifest:
 
 def secret_env(name: str, secret: str, key: str) -> Manifest:
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
+def pod_options(spec: PodOptions) -> Manifest:
+    """The pod fields the user set: account, placement and pull secrets (left out when not set)."""
+    optional: Manifest = {
+        "serviceAccountName": spec.service_account_name,
+        "nodeSelector": spec.node_selector,
+        "tolerations": spec.tolerations,
+        "affinity": spec.affinity,
+        "imagePullSecrets": [{"name": s.name} for s in spec.image_pull_secrets],
+    }
+    return {key: value for key, value in optional.items() if value}

@@ -18,6 +18,7 @@ from mlplatform.builders.common import (
     Manifest,
     env_var,
     owner_reference,
+    pod_options,
     secret_env,
     short_name,
     standard_labels,
@@ -115,14 +116,7 @@ def pod_spec(spec: TrainingRunSpec, run: RunContext, settings: TrainerSettings) 
     }
     if spec.source is not None and spec.source.git is not None:
         pod["initContainers"] = [clone_container(spec.source.git, settings)]
-    optional: Manifest = {
-        "serviceAccountName": spec.service_account_name,
-        "nodeSelector": spec.node_selector,
-        "tolerations": spec.tolerations,
-        "affinity": spec.affinity,
-        "imagePullSecrets": [{"name": s.name} for s in spec.image_pull_secrets],
-    }
-    pod.update({key: value for key, value in optional.items() if value})
+    pod.update(pod_options(spec))
     return pod
 
 

@@ -22,11 +22,12 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from mlplatform import names
 from mlplatform.api.base import SpecError
-from mlplatform.api.conditions import Condition, done, in_progress, merge_conditions, now_iso, stalled
+from mlplatform.api.conditions import Condition, done, in_progress, now_iso, stalled
 from mlplatform.api.trainingrun import Phase, TrainingRunSpec, parse_spec
 from mlplatform.builders.common import short_name
 from mlplatform.builders.trainingrun import RunContext, TrainerSettings, build_job, job_name
 from mlplatform.handlers.context import ObjectKey, OperatorContext
+from mlplatform.handlers.status import StatusWriter
 from mlplatform.jobstatus import Observation, observe
 from mlplatform.metrics import DURATION, ERRORS, RECONCILES
 from mlplatform.promotion import Decision, check_gate, decide, format_metric, key_metric
@@ -193,11 +194,11 @@ class TrainingRunReconciler:
         self.name = body.metadata.name or ""
         self.uid = body.metadata.uid or ""
         self.key = own_key(self.namespace, self.name)
-        self.last_written: dict[str, Any] = {}
+        self.writer = StatusWriter(ctx.kube, names.TRAININGRUN_PLURAL, body)
 
     @property
     def status(self) -> Mapping[str, Any]:
-        return self.body.get("status") or {}
+        return self.writer.status
 
     async def run(self) -> None:
         waker = self.ctx.waker(self.key)
@@ -443,18 +444,7 @@ class TrainingRunReconciler:
     # --- plumbing ------------------------------------------------------------------------------------
 
     async def write(self, fields: Mapping[str, Any], conditions: list[Condition]) -> None:
-        """Patch status when it says something new; conditions keep their transition times."""
-        generation = self.body.metadata.get("generation")
-        summary = {**fields, "conditions": [(c.type, c.status, c.reason, c.message) for c in conditions]}
-        if summary == self.last_written:
-            return
-        status = {
-            **fields,
-            "observedGeneration": generation,
-            "conditions": merge_conditions(self.status.get("conditions"), conditions, generation),
-        }
-        await self.ctx.kube.patch_trainingrun_status(self.namespace, self.name, status)
-        self.last_written = summary
+        await self.writer.write(fields, conditions)
 
     async def retrying(self, what: str, step: Callable[[], Awaitable[T]]) -> T:
         """Run `step` until it succeeds: an unreachable MLflow or API server is waited out with back-off and

@@ -37,7 +37,14 @@ class StackCredentials:
 
     def values(self) -> list[str]:
         """Every secret value, for tests that check none leaks."""
-        return [self.postgres_password, self.minio_password]
+        return [self.postgres_password, self.minio_password, self.webhook_encryption_key]
+
+    @property
+    def webhook_encryption_key(self) -> str:
+        """The Fernet key the tracking server encrypts webhook secrets with: one for every worker and
+        restart (else stored secrets cannot be read back), derived from this stack's own secret."""
+        digest = hashlib.sha256(b"mlflow-webhook-key:" + self.minio_password.encode()).digest()
+        return base64.urlsafe_b64encode(digest).decode()
 
 
 def credentials_file(layout: StateLayout) -> Path:

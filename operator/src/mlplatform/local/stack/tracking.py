@@ -66,6 +66,9 @@ def allowed_hosts(config: LocalConfig) -> str:
     return ",".join(dict.fromkeys(hosts))
 
 
+WEBHOOK_CACHE_SECONDS = 2
+
+
 def server_env(
     image: ImageEnvironment,
     venv: Path,
@@ -94,6 +97,13 @@ def server_env(
         "MLFLOW_SERVER_ALLOWED_HOSTS": allowed_hosts(config),
         "MLPLATFORM_DB_UPGRADE": "true",
         "MLPLATFORM_CREATE_BUCKET": "true",
+        # Registry webhooks to an operator on this machine or in the cluster: plain HTTP to private
+        # addresses, one encryption key for their secrets, and a short cache of the webhook list so a
+        # webhook the operator registers is used within seconds (MLflow's default is 60 s).
+        "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": credentials.webhook_encryption_key,
+        "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+        "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+        "MLFLOW_WEBHOOK_CACHE_TTL": str(WEBHOOK_CACHE_SECONDS),
     }
 
 
