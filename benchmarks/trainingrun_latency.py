@@ -113,7 +113,9 @@ def main() -> None:
         sys.exit(f"no local cluster with node and stack in {default_state_dir()}: run `mlplatform local up`")
     layout = StateLayout(local.state_dir)
     kubectl = [str(layout.bin / "kubectl"), f"--kubeconfig={layout.admin_kubeconfig}"]
-    subprocess.run([*kubectl, "apply", "--server-side", "-f", str(ROOT / "crds")], check=True)
+    subprocess.run(
+        [*kubectl, "apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds")], check=True
+    )
     subprocess.run([*kubectl, "wait", "--for=condition=Established", "crd", "--all"], check=True)
     api = config.new_client_from_config(config_file=str(layout.admin_kubeconfig))
     core = client.CoreV1Api(api)
