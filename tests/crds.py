@@ -6,6 +6,8 @@ idempotent (server-side apply with one field manager) and never deletes anything
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -66,3 +68,48 @@ def install_crds(kubectl_bin: Path, kubeconfig: Path, timeout: float = 60) -> li
 def _served(kubectl_bin: Path, kubeconfig: Path, resource: str) -> bool:
     listed = kubectl(kubectl_bin, kubeconfig, "get", resource, "--all-namespaces", "-o", "name", check=False)
     return listed.returncode == 0
+
+
+# --- manifests edited one field at a time, as the CRD tests refuse or accept them ----------------------
+Spec = dict[str, Any]
+Change = Callable[[Spec], None]
+
+
+def our_object(kind: str, name: str, spec: Spec) -> dict[str, Any]:
+    return {"apiVersion": "mlplatform.dev/v1alpha1", "kind": kind, "metadata": {"name": name}, "spec": spec}
+
+
+def edited(spec: Spec, change: Change) -> Spec:
+    """A deep copy of `spec` with `change` made to it."""
+    copied = copy.deepcopy(spec)
+    change(copied)
+    return copied
+
+
+def set_field(path: str, value: Any) -> Change:
+    """Set the dotted `path` (creating what is missing on the way) to `value`."""
+
+    def change(spec: Spec) -> None:
+        *parents, last = path.split(".")
+        node = spec
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+
+    return change
+
+
+def delete_field(path: str) -> Change:
+    def change(spec: Spec) -> None:
+        *parents, last = path.split(".")
+        node = spec
+        for part in parents:
+            node = node[part]
+        del node[last]
+
+    return change
+
+
+def apply_manifest(run_kubectl: Callable[..., Any], namespace: str, manifest: dict[str, Any]) -> Any:
+    """`kubectl apply` the manifest; the completed process, whether it was accepted or not."""
+    return run_kubectl("apply", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(manifest), check=False)

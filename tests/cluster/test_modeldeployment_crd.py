@@ -3,20 +3,18 @@ in its defaults, and `kubectl apply` refuses a bad ModelDeployment with a messag
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from crds import install_crds
-from kube import eventually, kubectl
+from crds import apply_manifest, delete_field, edited, our_object, set_field
+from kube import eventually
 from mlplatform.api.modeldeployment import parse_spec
 
 pytestmark = pytest.mark.cluster
+KIND = "ModelDeployment"
 
 Spec = dict[str, Any]
 
@@ -60,35 +58,6 @@ FULL_SPEC: Spec = {
 DEFAULT_ROLLOUT = {"maxUnavailable": 0, "maxSurge": 1, "progressDeadlineSeconds": 300, "autoRollback": True}
 
 
-def _model_deployment(name: str, spec: Spec) -> dict[str, Any]:
-    return {
-        "apiVersion": "mlplatform.dev/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": {"name": name},
-        "spec": spec,
-    }
-
-
-@pytest.fixture(scope="module")
-def crds(kubectl_bin: Path, kubeconfig: Path) -> list[str]:
-    names = install_crds(kubectl_bin, kubeconfig)
-    # A second install changes nothing: other tests install the same files at any time.
-    assert install_crds(kubectl_bin, kubeconfig) == names
-    return names
-
-
-@pytest.fixture
-def run_kubectl(kubectl_bin: Path, kubeconfig: Path) -> Callable[..., Any]:
-    def run(*args: str, stdin: str | None = None, check: bool = True) -> Any:
-        return kubectl(kubectl_bin, kubeconfig, *args, stdin=stdin, check=check)
-
-    return run
-
-
-def _apply(run_kubectl: Callable[..., Any], namespace: str, manifest: dict[str, Any]) -> Any:
-    return run_kubectl("apply", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(manifest), check=False)
-
-
 def _stored(run_kubectl: Callable[..., Any], namespace: str, name: str) -> dict[str, Any]:
     found: dict[str, Any] = json.loads(
         run_kubectl("get", "modeldeployment", name, "-n", namespace, "-o", "json").stdout
@@ -107,7 +76,7 @@ def test_crd_is_established_with_its_names(crds: list[str], run_kubectl: Callabl
 def test_full_manifest_is_accepted_as_given(
     crds: list[str], run_kubectl: Callable[..., Any], namespace: str
 ) -> None:
-    result = _apply(run_kubectl, namespace, _model_deployment("wine", FULL_SPEC))
+    result = apply_manifest(run_kubectl, namespace, our_object(KIND, "wine", FULL_SPEC))
     assert result.returncode == 0, result.stderr
     spec = _stored(run_kubectl, namespace, "wine")["spec"]
     # Everything given comes back as given: embedded Kubernetes types keep their fields.
@@ -124,7 +93,7 @@ def test_defaults_are_filled_in_by_the_apiserver(
     crds: list[str], run_kubectl: Callable[..., Any], namespace: str
 ) -> None:
     minimal = {"model": {"name": "wine-quality", "stage": "Production"}}
-    assert _apply(run_kubectl, namespace, _model_deployment("minimal", minimal)).returncode == 0
+    assert apply_manifest(run_kubectl, namespace, our_object(KIND, "minimal", minimal)).returncode == 0
     assert _stored(run_kubectl, namespace, "minimal")["spec"] == {
         **minimal,
         "replicas": 1,
@@ -133,7 +102,7 @@ def test_defaults_are_filled_in_by_the_apiserver(
         "rollout": DEFAULT_ROLLOUT,
     }
     scaled = {**minimal, "autoscaling": {"maxReplicas": 4}, "rollout": {"progressDeadlineSeconds": 60}}
-    assert _apply(run_kubectl, namespace, _model_deployment("scaled", scaled)).returncode == 0
+    assert apply_manifest(run_kubectl, namespace, our_object(KIND, "scaled", scaled)).returncode == 0
     spec = _stored(run_kubectl, namespace, "scaled")["spec"]
     assert spec["autoscaling"] == {"minReplicas": 1, "maxReplicas": 4, "targetCPUUtilizationPercentage": 80}
     assert spec["rollout"] == {**DEFAULT_ROLLOUT, "progressDeadlineSeconds": 60}
@@ -170,7 +139,7 @@ def test_defaults_are_filled_in_by_the_apiserver(
 def test_valid_variants_are_accepted(
     crds: list[str], run_kubectl: Callable[..., Any], namespace: str, spec: Spec
 ) -> None:
-    result = _apply(run_kubectl, namespace, _model_deployment("variant", spec))
+    result = apply_manifest(run_kubectl, namespace, our_object(KIND, "variant", spec))
     assert result.returncode == 0, result.stderr
 
 
@@ -199,129 +168,109 @@ def test_explain_documents_the_selector_and_the_rollout(
     assert "rolled back from" in status
 
 
-def _with(change: Callable[[Spec], None]) -> Spec:
-    spec = copy.deepcopy(FULL_SPEC)
-    change(spec)
-    return spec
-
-
-def _set(path: str, value: Any) -> Callable[[Spec], None]:
-    def change(spec: Spec) -> None:
-        *parents, last = path.split(".")
-        node = spec
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = value
-
-    return change
-
-
-def _delete(path: str) -> Callable[[Spec], None]:
-    def change(spec: Spec) -> None:
-        *parents, last = path.split(".")
-        node = spec
-        for part in parents:
-            node = node[part]
-        del node[last]
-
-    return change
-
-
 INVALID = [
     pytest.param(
-        _set("model.version", "7"),
+        set_field("model.version", "7"),
         ["spec.model", "only one of alias, stage or version"],
         id="alias-and-version",
     ),
     pytest.param(
-        _set("model", {"name": "m", "stage": "Production", "version": "3"}),
+        set_field("model", {"name": "m", "stage": "Production", "version": "3"}),
         ["spec.model", "only one of alias, stage or version"],
         id="stage-and-version",
     ),
     pytest.param(
-        _set("model", {"name": "m"}), ["spec.model", "needs one of alias, stage or version"], id="no-selector"
+        set_field("model", {"name": "m"}),
+        ["spec.model", "needs one of alias, stage or version"],
+        id="no-selector",
     ),
-    pytest.param(_delete("model"), ["spec.model", "Required value"], id="no-model"),
-    pytest.param(_delete("model.name"), ["spec.model.name", "Required value"], id="no-model-name"),
+    pytest.param(delete_field("model"), ["spec.model", "Required value"], id="no-model"),
+    pytest.param(delete_field("model.name"), ["spec.model.name", "Required value"], id="no-model-name"),
     pytest.param(
-        _set("replicas", -1), ["spec.replicas", "greater than or equal to 0"], id="negative-replicas"
+        set_field("replicas", -1), ["spec.replicas", "greater than or equal to 0"], id="negative-replicas"
     ),
     pytest.param(
-        _set("autoscaling", {"minReplicas": 5, "maxReplicas": 3}),
+        set_field("autoscaling", {"minReplicas": 5, "maxReplicas": 3}),
         ["spec.autoscaling.minReplicas", "autoscaling.minReplicas must be less than or equal to"],
         id="min-above-max",
     ),
     pytest.param(
-        _set("autoscaling", {"minReplicas": 2}),
+        set_field("autoscaling", {"minReplicas": 2}),
         ["spec.autoscaling.maxReplicas", "Required value"],
         id="no-max",
     ),
     pytest.param(
-        _set("autoscaling.targetCPUUtilizationPercentage", 101),
+        set_field("autoscaling.targetCPUUtilizationPercentage", 101),
         ["spec.autoscaling.targetCPUUtilizationPercentage", "less than or equal to 100"],
         id="target-above-100",
     ),
     pytest.param(
-        _set("autoscaling.minReplicas", 0),
+        set_field("autoscaling.minReplicas", 0),
         ["spec.autoscaling.minReplicas", "greater than or equal to 1"],
         id="zero-min-replicas",
     ),
-    pytest.param(_set("model.alias", "latest"), ["spec.model.alias", "reserves"], id="alias-latest"),
-    pytest.param(_set("model.alias", "V3"), ["spec.model.alias", "reserves"], id="alias-v3"),
-    pytest.param(_set("model.alias", "my champion"), ["spec.model.alias", "should match"], id="alias-chars"),
+    pytest.param(set_field("model.alias", "latest"), ["spec.model.alias", "reserves"], id="alias-latest"),
+    pytest.param(set_field("model.alias", "V3"), ["spec.model.alias", "reserves"], id="alias-v3"),
     pytest.param(
-        _set("model", {"name": "m", "stage": "Prod"}),
+        set_field("model.alias", "my champion"), ["spec.model.alias", "should match"], id="alias-chars"
+    ),
+    pytest.param(
+        set_field("model", {"name": "m", "stage": "Prod"}),
         ["spec.model.stage", "Unsupported value", "Production"],
         id="bad-stage",
     ),
     pytest.param(
-        _set("model", {"name": "m", "version": "07"}), ["spec.model.version", "should match"], id="version-07"
+        set_field("model", {"name": "m", "version": "07"}),
+        ["spec.model.version", "should match"],
+        id="version-07",
     ),
     pytest.param(
-        _set("model", {"name": "m", "version": 7}),
+        set_field("model", {"name": "m", "version": 7}),
         ["spec.model.version", "must be of type string"],
         id="version-unquoted",
     ),
     pytest.param(
-        _set("env", [{"name": "MLFLOW_TRACKING_URI", "value": "http://elsewhere"}]),
+        set_field("env", [{"name": "MLFLOW_TRACKING_URI", "value": "http://elsewhere"}]),
         ["spec.env", "MLFLOW_TRACKING_URI", "set by the operator"],
         id="reserved-env-name",
     ),
     pytest.param(
-        _set("pollIntervalSeconds", 1),
+        set_field("pollIntervalSeconds", 1),
         ["spec.pollIntervalSeconds", "greater than or equal to 5"],
         id="poll-too-often",
     ),
-    pytest.param(_set("workers", 0), ["spec.workers", "greater than or equal to 1"], id="no-workers"),
+    pytest.param(set_field("workers", 0), ["spec.workers", "greater than or equal to 1"], id="no-workers"),
     pytest.param(
-        _set("rollout.progressDeadlineSeconds", 5),
+        set_field("rollout.progressDeadlineSeconds", 5),
         ["spec.rollout.progressDeadlineSeconds", "greater than or equal to 10"],
         id="short-deadline",
     ),
     pytest.param(
-        _set("rollout.maxSurge", "0%"),
+        set_field("rollout.maxSurge", "0%"),
         ["spec.rollout.maxSurge", "rollout.maxUnavailable and rollout.maxSurge cannot both be 0"],
         id="surge-and-unavailable-zero",
     ),
     pytest.param(
-        _set("rollout.maxUnavailable", "half"),
+        set_field("rollout.maxUnavailable", "half"),
         ["spec.rollout.maxUnavailable", "should match"],
         id="bad-percent",
     ),
     pytest.param(
-        _set("rollout.maxSurge", -1),
+        set_field("rollout.maxSurge", -1),
         ["spec.rollout.maxSurge", "greater than or equal to 0"],
         id="negative-surge",
     ),
     pytest.param(
-        _set("imagePullPolicy", "Sometimes"), ["spec.imagePullPolicy", "Unsupported value"], id="pull-policy"
+        set_field("imagePullPolicy", "Sometimes"),
+        ["spec.imagePullPolicy", "Unsupported value"],
+        id="pull-policy",
     ),
     pytest.param(
-        _set("resources.limits.memory", "lots"),
+        set_field("resources.limits.memory", "lots"),
         ["spec.resources.limits.memory", "should match"],
         id="quantity",
     ),
-    pytest.param(_set("replica", 3), ['unknown field "spec.replica"'], id="unknown-field"),
+    pytest.param(set_field("replica", 3), ['unknown field "spec.replica"'], id="unknown-field"),
 ]
 
 
@@ -333,7 +282,7 @@ def test_invalid_manifest_is_rejected_naming_the_field(
     change: Callable[[Spec], None],
     expected: list[str],
 ) -> None:
-    result = _apply(run_kubectl, namespace, _model_deployment("bad", _with(change)))
+    result = apply_manifest(run_kubectl, namespace, our_object(KIND, "bad", edited(FULL_SPEC, change)))
     assert result.returncode != 0, f"accepted: {result.stdout}"
     message = " ".join(result.stderr.split())
     for part in expected:
@@ -346,7 +295,7 @@ def test_name_must_be_a_dns_label(
     crds: list[str], run_kubectl: Callable[..., Any], namespace: str, name: str
 ) -> None:
     # The operator names the Service after the ModelDeployment, and a Service name is a DNS label.
-    result = _apply(run_kubectl, namespace, _model_deployment(name, FULL_SPEC))
+    result = apply_manifest(run_kubectl, namespace, our_object(KIND, name, FULL_SPEC))
     assert result.returncode != 0, f"accepted: {result.stdout}"
     assert "metadata.name must be a DNS label" in " ".join(result.stderr.split())
 
@@ -354,8 +303,8 @@ def test_name_must_be_a_dns_label(
 def test_status_is_a_subresource_shown_in_columns(
     crds: list[str], run_kubectl: Callable[..., Any], namespace: str
 ) -> None:
-    manifest = _model_deployment("shown", {"model": {"name": "wine-quality", "alias": "champion"}})
-    assert _apply(run_kubectl, namespace, manifest).returncode == 0
+    manifest = our_object(KIND, "shown", {"model": {"name": "wine-quality", "alias": "champion"}})
+    assert apply_manifest(run_kubectl, namespace, manifest).returncode == 0
     # Status in the main resource is ignored: only the status subresource writes it. (An operator running
     # against the same cluster may write a status of its own: the model does not exist.)
     run_kubectl(

@@ -3,19 +3,17 @@ its defaults, and `kubectl apply` refuses a bad TrainingRun with a message that 
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from crds import install_crds
-from kube import eventually, kubectl
+from crds import apply_manifest, delete_field, edited, our_object, set_field
+from kube import eventually
 
 pytestmark = pytest.mark.cluster
+KIND = "TrainingRun"
 
 Spec = dict[str, Any]
 
@@ -64,35 +62,6 @@ FULL_SPEC: Spec = {
 }
 
 
-def _training_run(name: str, spec: Spec) -> dict[str, Any]:
-    return {
-        "apiVersion": "mlplatform.dev/v1alpha1",
-        "kind": "TrainingRun",
-        "metadata": {"name": name},
-        "spec": spec,
-    }
-
-
-@pytest.fixture(scope="module")
-def crds(kubectl_bin: Path, kubeconfig: Path) -> list[str]:
-    names = install_crds(kubectl_bin, kubeconfig)
-    # A second install changes nothing: other tests install the same files at any time.
-    assert install_crds(kubectl_bin, kubeconfig) == names
-    return names
-
-
-@pytest.fixture
-def run_kubectl(kubectl_bin: Path, kubeconfig: Path) -> Callable[..., Any]:
-    def run(*args: str, stdin: str | None = None, check: bool = True) -> Any:
-        return kubectl(kubectl_bin, kubeconfig, *args, stdin=stdin, check=check)
-
-    return run
-
-
-def _apply(run_kubectl: Callable[..., Any], namespace: str, manifest: dict[str, Any]) -> Any:
-    return run_kubectl("apply", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(manifest), check=False)
-
-
 def test_crd_is_established_with_its_names(crds: list[str], run_kubectl: Callable[..., Any]) -> None:
     assert "trainingruns.mlplatform.dev" in crds
     resources = run_kubectl("api-resources", "--api-group=mlplatform.dev", "-o", "wide").stdout
@@ -104,7 +73,7 @@ def test_crd_is_established_with_its_names(crds: list[str], run_kubectl: Callabl
 def test_full_manifest_is_accepted_and_defaulted(
     crds: list[str], run_kubectl: Callable[..., Any], namespace: str
 ) -> None:
-    result = _apply(run_kubectl, namespace, _training_run("wine-enet-01", FULL_SPEC))
+    result = apply_manifest(run_kubectl, namespace, our_object(KIND, "wine-enet-01", FULL_SPEC))
     assert result.returncode == 0, result.stderr
     stored = json.loads(
         run_kubectl("get", "trainingrun", "wine-enet-01", "-n", namespace, "-o", "json").stdout
@@ -151,7 +120,7 @@ def test_full_manifest_is_accepted_and_defaulted(
 def test_valid_variants_are_accepted(
     crds: list[str], run_kubectl: Callable[..., Any], namespace: str, spec: Spec
 ) -> None:
-    result = _apply(run_kubectl, namespace, _training_run("variant", spec))
+    result = apply_manifest(run_kubectl, namespace, our_object(KIND, "variant", spec))
     assert result.returncode == 0, result.stderr
 
 
@@ -176,134 +145,126 @@ def test_explain_documents_the_promotion_gate(crds: list[str], run_kubectl: Call
     assert 'Default "lower"' in " ".join(direction.split())
 
 
-def _with(change: Callable[[Spec], None]) -> Spec:
-    spec = copy.deepcopy(FULL_SPEC)
-    change(spec)
-    return spec
-
-
-def _set(path: str, value: Any) -> Callable[[Spec], None]:
-    def change(spec: Spec) -> None:
-        *parents, last = path.split(".")
-        node = spec
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = value
-
-    return change
-
-
-def _delete(path: str) -> Callable[[Spec], None]:
-    def change(spec: Spec) -> None:
-        *parents, last = path.split(".")
-        node = spec
-        for part in parents:
-            node = node[part]
-        del node[last]
-
-    return change
-
-
 INVALID = [
-    pytest.param(_set("image", 3), ["spec.image", "must be of type string"], id="image-not-a-string"),
-    pytest.param(_delete("image"), ["spec.image", "Required value"], id="no-image"),
+    pytest.param(set_field("image", 3), ["spec.image", "must be of type string"], id="image-not-a-string"),
+    pytest.param(delete_field("image"), ["spec.image", "Required value"], id="no-image"),
     pytest.param(
-        _set("parameters", {"a": 1}), ["spec.parameters.a", "must be of type string"], id="param-not-a-string"
+        set_field("parameters", {"a": 1}),
+        ["spec.parameters.a", "must be of type string"],
+        id="param-not-a-string",
     ),
     pytest.param(
-        _set("entryPoint", "main"), ["spec.entryPoint", "mutually exclusive"], id="command-and-entrypoint"
+        set_field("entryPoint", "main"),
+        ["spec.entryPoint", "mutually exclusive"],
+        id="command-and-entrypoint",
     ),
-    pytest.param(_set("source", {}), ["spec.source", "needs one of configMap or git"], id="no-source-kind"),
     pytest.param(
-        _set("source.configMap", {"name": "code"}),
+        set_field("source", {}), ["spec.source", "needs one of configMap or git"], id="no-source-kind"
+    ),
+    pytest.param(
+        set_field("source.configMap", {"name": "code"}),
         ["spec.source", "only one of configMap or git"],
         id="two-source-kinds",
     ),
     pytest.param(
-        _set("activeDeadlineSeconds", -5),
+        set_field("activeDeadlineSeconds", -5),
         ["spec.activeDeadlineSeconds", "greater than or equal to 1"],
         id="negative-deadline",
     ),
     pytest.param(
-        _set("backoffLimit", -1), ["spec.backoffLimit", "greater than or equal to 0"], id="negative-backoff"
+        set_field("backoffLimit", -1),
+        ["spec.backoffLimit", "greater than or equal to 0"],
+        id="negative-backoff",
     ),
-    pytest.param(_set("imagee", "typo:1"), ['unknown field "spec.imagee"'], id="unknown-field"),
+    pytest.param(set_field("imagee", "typo:1"), ['unknown field "spec.imagee"'], id="unknown-field"),
     pytest.param(
-        _set("model.promote.stage", "Production"),
+        set_field("model.promote.stage", "Production"),
         ["spec.model.promote", "only one of alias or stage"],
         id="promote-alias-and-stage",
     ),
     pytest.param(
-        _set("model.promote", {"when": "metrics.rmse < 1"}),
+        set_field("model.promote", {"when": "metrics.rmse < 1"}),
         ["spec.model.promote", "needs one of alias or stage"],
         id="promote-neither-alias-nor-stage",
     ),
     pytest.param(
-        _set("model.promote", {"stage": "Prod"}),
+        set_field("model.promote", {"stage": "Prod"}),
         ["spec.model.promote.stage", "Unsupported value", "Production"],
         id="bad-stage",
     ),
     pytest.param(
-        _set("model.promote.alias", "Latest"), ["spec.model.promote.alias", "reserves"], id="alias-latest"
+        set_field("model.promote.alias", "Latest"),
+        ["spec.model.promote.alias", "reserves"],
+        id="alias-latest",
     ),
-    pytest.param(_set("model.promote.alias", "v3"), ["spec.model.promote.alias", "reserves"], id="alias-v3"),
     pytest.param(
-        _set("model.promote.alias", "my champion"),
+        set_field("model.promote.alias", "v3"), ["spec.model.promote.alias", "reserves"], id="alias-v3"
+    ),
+    pytest.param(
+        set_field("model.promote.alias", "my champion"),
         ["spec.model.promote.alias", "should match"],
         id="alias-chars",
     ),
     pytest.param(
-        _set("model.promote.betterThan.direction", "up"),
+        set_field("model.promote.betterThan.direction", "up"),
         ["spec.model.promote.betterThan.direction", "Unsupported value"],
         id="bad-direction",
     ),
     pytest.param(
-        _set("env", [{"name": "MLFLOW_RUN_ID", "value": "x"}]),
+        set_field("env", [{"name": "MLFLOW_RUN_ID", "value": "x"}]),
         ["spec.env", "set by the operator"],
         id="reserved-env-name",
     ),
     pytest.param(
-        _set("tags", {"mlflow.user": "me"}), ["spec.tags", "must not start with", "mlflow."], id="mlflow-tag"
+        set_field("tags", {"mlflow.user": "me"}),
+        ["spec.tags", "must not start with", "mlflow."],
+        id="mlflow-tag",
     ),
     pytest.param(
-        _set("tags", {"mlplatform.dev/run": "x"}),
+        set_field("tags", {"mlplatform.dev/run": "x"}),
         ["spec.tags", "set by the operator"],
         id="operator-tag-prefix",
     ),
     pytest.param(
-        _set("parameters", {"alpha;rm": "1"}), ["spec.parameters", "MLflow param names"], id="bad-param-name"
+        set_field("parameters", {"alpha;rm": "1"}),
+        ["spec.parameters", "MLflow param names"],
+        id="bad-param-name",
     ),
     pytest.param(
-        _set("parameters", {f"p{i}": "1" for i in range(101)}),
+        set_field("parameters", {f"p{i}": "1" for i in range(101)}),
         ["spec.parameters", "must have at most 100 items"],
         id="too-many-params",
     ),
     pytest.param(
-        _set("source.git.repository", "ftp://example.com/repo.git"),
+        set_field("source.git.repository", "ftp://example.com/repo.git"),
         ["spec.source.git.repository", "should match"],
         id="bad-repository-scheme",
     ),
     pytest.param(
-        _set("source.git.repository", "https://user:token@example.com/org/repo.git"),
+        set_field("source.git.repository", "https://user:token@example.com/org/repo.git"),
         ["spec.source.git.repository", "credentialsSecret"],
         id="credentials-in-url",
     ),
-    pytest.param(_set("source.git.path", "../other"), ["spec.source.git.path", "'..'"], id="path-escapes"),
     pytest.param(
-        _set("source.git.path", "/etc"), ["spec.source.git.path", "not absolute"], id="absolute-path"
+        set_field("source.git.path", "../other"), ["spec.source.git.path", "'..'"], id="path-escapes"
     ),
-    pytest.param(_set("command", []), ["spec.command", "at least 1 items"], id="empty-command"),
     pytest.param(
-        _set("imagePullPolicy", "Sometimes"), ["spec.imagePullPolicy", "Unsupported value"], id="pull"
+        set_field("source.git.path", "/etc"), ["spec.source.git.path", "not absolute"], id="absolute-path"
     ),
-    pytest.param(_delete("model.name"), ["spec.model.name", "Required value"], id="model-without-name"),
+    pytest.param(set_field("command", []), ["spec.command", "at least 1 items"], id="empty-command"),
     pytest.param(
-        _set("resources.limits.memory", "lots"),
+        set_field("imagePullPolicy", "Sometimes"), ["spec.imagePullPolicy", "Unsupported value"], id="pull"
+    ),
+    pytest.param(delete_field("model.name"), ["spec.model.name", "Required value"], id="model-without-name"),
+    pytest.param(
+        set_field("resources.limits.memory", "lots"),
         ["spec.resources.limits.memory", "should match"],
         id="quantity",
     ),
     pytest.param(
-        _set("experiment", "x" * 501), ["spec.experiment", "may not be more than 500"], id="long-experiment"
+        set_field("experiment", "x" * 501),
+        ["spec.experiment", "may not be more than 500"],
+        id="long-experiment",
     ),
 ]
 
@@ -316,7 +277,7 @@ def test_invalid_manifest_is_rejected_naming_the_field(
     change: Callable[[Spec], None],
     expected: list[str],
 ) -> None:
-    result = _apply(run_kubectl, namespace, _training_run("bad", _with(change)))
+    result = apply_manifest(run_kubectl, namespace, our_object(KIND, "bad", edited(FULL_SPEC, change)))
     assert result.returncode != 0, f"accepted: {result.stdout}"
     message = " ".join(result.stderr.split())
     for part in expected:
@@ -327,7 +288,10 @@ def test_invalid_manifest_is_rejected_naming_the_field(
 def test_status_is_a_subresource_shown_in_columns(
     crds: list[str], run_kubectl: Callable[..., Any], namespace: str
 ) -> None:
-    assert _apply(run_kubectl, namespace, _training_run("shown", {"image": "trainer:1"})).returncode == 0
+    assert (
+        apply_manifest(run_kubectl, namespace, our_object(KIND, "shown", {"image": "trainer:1"})).returncode
+        == 0
+    )
     # Status in the main resource is ignored: only the status subresource writes it.
     run_kubectl(
         "patch",
