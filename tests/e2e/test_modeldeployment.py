@@ -50,6 +50,7 @@ pytestmark = pytest.mark.e2e
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
 ALIAS = "champion"
+UNREACHABLE = "http://127.0.0.1:9"  # the discard port: nothing listens there
 DIABETES_COLUMNS = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]
 
 
@@ -335,9 +336,25 @@ def test_an_alias_move_rolls_out_with_no_failed_request_and_a_broken_version_rol
     )
     assert found["modelVersion"] == second and "failedVersion" not in found
 
+    # The registry out of reach (the operator restarted against a port where nothing listens): what
+    # runs keeps serving, and Degraded says why.
+    operator.restart(tracking_uri=UNREACHABLE)
+    try:
+        found = wait_status(
+            api_client,
+            namespace,
+            "rolling",
+            "registry unreachable",
+            lambda s: condition(s, "Degraded").get("reason") == "RegistryUnavailable",
+            timeout=90,
+        )
+        assert condition(found, "Ready")["status"] == "True" and found["modelVersion"] == second
+    finally:
+        operator.restart()
+
     ok, failed, failures = loop_counts(pod_log(api_client, namespace, "client"))
     assert ok > 100 and failed == 0, (ok, failures)
-    print(f"the client's requests through two rollouts: {ok} answered, {failed} failed")
+    print(f"the client's requests through two rollouts and an outage: {ok} answered, {failed} failed")
 
 
 def test_a_missing_model_is_reported_and_a_forged_webhook_changes_nothing(

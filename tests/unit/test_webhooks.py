@@ -16,6 +16,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from mlplatform import webhooks
+from mlplatform.metrics import MLFLOW_CALLS
+from mlplatform.tracking import MlflowClient
 from mlplatform.webhooks import (
     DELIVERY_HEADER,
     EVENTS,
@@ -337,3 +340,22 @@ def test_the_shared_test_signer_makes_deliveries_the_receiver_takes() -> None:
     assert post(VERSION_CREATED, signed_headers(SECRET, body), models.append)[0] == 200
     assert post(VERSION_CREATED, signed_headers("guessed", body), models.append)[0] == 401
     assert models == ["wine"]
+
+
+def test_registration_keeps_trying_while_mlflow_is_out_of_reach(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing listens on the discard port: each attempt really fails to connect, and the registration
+    task keeps trying rather than ending (or taking the operator down with it)."""
+    monkeypatch.setattr(webhooks, "RETRY_SECONDS", 0.05)
+    before = MLFLOW_CALLS.labels("GET webhooks", "unreachable")._value.get()
+
+    async def scenario() -> bool:
+        client = MlflowClient("http://127.0.0.1:9", attempts=1)
+        task = asyncio.create_task(webhooks.keep_registered(client, SETTINGS))
+        await asyncio.sleep(0.6)
+        still_trying = not task.done()
+        task.cancel()
+        await client.close()
+        return still_trying
+
+    assert asyncio.run(scenario())
+    assert MLFLOW_CALLS.labels("GET webhooks", "unreachable")._value.get() - before >= 3

@@ -20,7 +20,7 @@ from mlplatform.kube import Kube, connect
 from mlplatform.metrics import register_phases
 from mlplatform.registry import Registry
 from mlplatform.settings import WEBHOOK_SECRET_ENV, OperatorSettings
-from mlplatform.tracking import Credentials, MlflowClient, MlflowError
+from mlplatform.tracking import Credentials, MlflowClient
 
 logger = logging.getLogger("mlplatform.operator")
 
@@ -88,26 +88,26 @@ def webhook_settings(settings: OperatorSettings) -> webhooks.WebhookSettings | N
     )
 
 
-async def start_webhooks(ctx: OperatorContext, hooks: webhooks.WebhookSettings) -> Any:
-    """Serve the receiver, then register it with MLflow. A registration that fails is logged and left to
-    polling: ModelDeployments still follow the registry, only later."""
+async def start_webhooks(
+    ctx: OperatorContext, hooks: webhooks.WebhookSettings
+) -> tuple[Any, asyncio.Task[None]]:
+    """Serve the receiver, and keep it registered with MLflow in the background."""
 
     def on_model(model: str) -> None:
         woken = ctx.wake_model(model)
         logger.info("registry webhook for model %s: %d ModelDeployment(s) re-resolve", model, woken)
 
     runner = await webhooks.serve(hooks, on_model)
-    try:
-        webhook_id = await webhooks.ensure_registered(ctx.mlflow, hooks)
-        logger.info("registry webhook %s delivers to %s", webhook_id, hooks.url)
-    except MlflowError as exc:
-        logger.warning("cannot register the registry webhook (polling only): %s", exc)
-    return runner
+    return runner, asyncio.create_task(
+        webhooks.keep_registered(ctx.mlflow, hooks), name="webhook-registration"
+    )
 
 
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     ctx: OperatorContext | None = memo.get("context")
-    if (runner := memo.get("webhooks")) is not None:
+    if (receiver := memo.get("webhooks")) is not None:
+        runner, registration = receiver
+        registration.cancel()
         await runner.cleanup()
     if ctx is not None:
         await ctx.mlflow.close()

@@ -9,6 +9,7 @@ too old to be fresh, is refused and changes nothing.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -22,7 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from mlplatform.metrics import WEBHOOK_DELIVERIES
-from mlplatform.tracking import MlflowClient
+from mlplatform.tracking import MlflowClient, MlflowError
 
 logger = logging.getLogger("mlplatform.webhooks")
 
@@ -32,6 +33,8 @@ DELIVERY_HEADER = "X-MLflow-Delivery-Id"
 SIGNATURE_VERSION = "v1"
 MAX_AGE_SECONDS = 300  # a replayed delivery older than this is refused
 MAX_BODY_BYTES = 1 << 20
+RETRY_SECONDS = 30  # between registration attempts while MLflow is out of reach
+RECHECK_SECONDS = 300  # the registration is made again this often: a deleted or changed webhook returns
 RECEIVER_PATH = "/webhooks/mlflow"
 WEBHOOK_NAME = "mlplatform-operator"
 # What moves a ModelDeployment: a new version (stage transitions are tag-like updates MLflow does not
@@ -139,6 +142,23 @@ async def ensure_registered(client: MlflowClient, settings: WebhookSettings) -> 
             return webhook_id
     created = await client.request("POST", "webhooks", body=body, creates=True)
     return str(created["webhook"]["webhook_id"])
+
+
+async def keep_registered(client: MlflowClient, settings: WebhookSettings) -> None:
+    """Register the webhook and keep it registered, for as long as the operator runs: retried while MLflow
+    is out of reach (ModelDeployments poll meanwhile), and made again every few minutes."""
+    registered = None
+    while True:
+        try:
+            webhook_id = await ensure_registered(client, settings)
+        except MlflowError as exc:
+            logger.warning("cannot register the registry webhook yet (polling meanwhile): %s", exc)
+            await asyncio.sleep(RETRY_SECONDS)
+            continue
+        if webhook_id != registered:
+            logger.info("registry webhook %s delivers to %s", webhook_id, settings.url)
+            registered = webhook_id
+        await asyncio.sleep(RECHECK_SECONDS)
 
 
 async def list_webhooks(client: MlflowClient) -> list[dict[str, Any]]:

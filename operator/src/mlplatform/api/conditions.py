@@ -18,6 +18,15 @@ STALLED = "Stalled"
 MESSAGE_LIMIT = 4096
 
 
+class ReasonedError(Exception):
+    """An error a condition and an event report: a reason (CamelCase) and a message."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
 @dataclass(frozen=True)
 class Condition:
     type: str

@@ -23,7 +23,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from mlplatform import names
 from mlplatform.api.base import SpecError
-from mlplatform.api.conditions import Condition, now_iso
+from mlplatform.api.conditions import Condition, ReasonedError, now_iso
 from mlplatform.api.modeldeployment import (
     ModelDeploymentSpec,
     ModelSelector,
@@ -58,13 +58,8 @@ DEGRADED = "Degraded"
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 
 
-class ServingError(Exception):
-    """Why the ModelDeployment cannot serve what it asks for: a reason (CamelCase) and a message."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
+class ServingError(ReasonedError):
+    """Why the ModelDeployment cannot serve what it asks for."""
 
 
 def child_key(namespace: str | None, labels: Mapping[str, str]) -> ObjectKey:
@@ -172,6 +167,7 @@ class ModelDeploymentReconciler:
         self.uid = body.metadata.uid or ""
         self.key = own_key(self.namespace, self.name)
         self.writer = StatusWriter(ctx.kube, names.MODELDEPLOYMENT_PLURAL, body)
+        self.pruned_generation: int | None = None  # the generation whose unwanted children were deleted
         self.images: dict[tuple[str, str], str] = {}  # (model, version) -> the image it was trained with
 
     @property
@@ -281,8 +277,11 @@ class ModelDeploymentReconciler:
                 applied = await self.ctx.kube.apply(manifest)
                 if manifest["kind"] == "Deployment":
                     deployment = applied
-            for kind, object_name in unwanted:
-                await self.ctx.kube.delete(kind, self.namespace, object_name)
+            generation = self.body.metadata.get("generation")
+            if generation != self.pruned_generation:  # what a spec no longer wants goes once per change
+                for kind, object_name in unwanted:
+                    await self.ctx.kube.delete(kind, self.namespace, object_name)
+                self.pruned_generation = generation
         return deployment
 
     async def record(

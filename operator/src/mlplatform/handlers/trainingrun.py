@@ -22,7 +22,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from mlplatform import names
 from mlplatform.api.base import SpecError
-from mlplatform.api.conditions import Condition, done, in_progress, now_iso, stalled
+from mlplatform.api.conditions import Condition, ReasonedError, done, in_progress, now_iso, stalled
 from mlplatform.api.trainingrun import Phase, TrainingRunSpec, parse_spec
 from mlplatform.builders.common import short_name
 from mlplatform.builders.trainingrun import RunContext, TrainerSettings, build_job, job_name
@@ -44,13 +44,8 @@ T = TypeVar("T")
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 
 
-class RunError(Exception):
-    """The run cannot succeed: a reason (CamelCase) and a message for the condition and the event."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
+class RunError(ReasonedError):
+    """The run cannot succeed."""
 
 
 def phase_of(status: Mapping[str, Any] | None) -> Phase | None:
