@@ -8,8 +8,8 @@ takes no strategic merge, and a merge patch touches only the fields it names.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, cast
+from collections.abc import Awaitable, Mapping
+from typing import Any, TypeVar, cast
 
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -21,6 +21,7 @@ MERGE_PATCH = "application/merge-patch+json"
 APPLY_PATCH = "application/apply-patch+yaml"
 FIELD_MANAGER = "mlplatform-operator"
 NOT_FOUND = 404
+T = TypeVar("T")
 CONFLICT = 409
 
 
@@ -33,8 +34,14 @@ async def connect() -> client.ApiClient:
     return client.ApiClient()
 
 
-def is_status(exc: BaseException, status: int) -> bool:
-    return isinstance(exc, ApiException) and exc.status == status
+async def unless_missing(call: Awaitable[T]) -> T | None:
+    """The call's result, or None when the object it names does not exist (404)."""
+    try:
+        return await call
+    except ApiException as exc:
+        if exc.status == NOT_FOUND:
+            return None
+        raise
 
 
 class Kube:
@@ -59,7 +66,6 @@ class Kube:
                 policy.delete_namespaced_pod_disruption_budget,
             ),
         }
-        self.apps = apps
 
     async def apply(self, manifest: Mapping[str, Any]) -> Manifest:
         """Server-side apply: the object as `manifest` says, whatever it was (or create it)."""
@@ -75,25 +81,10 @@ class Kube:
         )
         return cast(Manifest, self.api.sanitize_for_serialization(applied))
 
-    async def delete(self, kind: str, namespace: str, name: str) -> bool:
-        """Delete the object if it exists; whether it did."""
+    async def delete(self, kind: str, namespace: str, name: str) -> None:
+        """Delete the object; a missing one is no error."""
         _, delete = self._namespaced[kind]
-        try:
-            await delete(name, namespace)
-        except ApiException as exc:
-            if exc.status == NOT_FOUND:
-                return False
-            raise
-        return True
-
-    async def read_deployment(self, namespace: str, name: str) -> Manifest | None:
-        try:
-            found = await self.apps.read_namespaced_deployment(name, namespace)
-        except ApiException as exc:
-            if exc.status == NOT_FOUND:
-                return None
-            raise
-        return cast(Manifest, self.api.sanitize_for_serialization(found))
+        await unless_missing(delete(name, namespace))
 
     async def list_pods(self, namespace: str, selector: Mapping[str, str]) -> list[Manifest]:
         label_selector = ",".join(f"{key}={value}" for key, value in selector.items())
@@ -112,13 +103,8 @@ class Kube:
         return cast(Manifest, self.api.sanitize_for_serialization(created))
 
     async def read_job(self, namespace: str, name: str) -> Manifest | None:
-        try:
-            found = await self.batch.read_namespaced_job(name, namespace)
-        except ApiException as exc:
-            if exc.status == NOT_FOUND:
-                return None
-            raise
-        return cast(Manifest, self.api.sanitize_for_serialization(found))
+        found = await unless_missing(self.batch.read_namespaced_job(name, namespace))
+        return None if found is None else cast(Manifest, self.api.sanitize_for_serialization(found))
 
     async def suspend_job(self, namespace: str, name: str, suspend: bool) -> None:
         await self.batch.patch_namespaced_job(
@@ -130,16 +116,14 @@ class Kube:
 
     async def delete_job(self, namespace: str, name: str) -> None:
         """Delete the Job and, through the garbage collector, its pods; a missing Job is no error."""
-        try:
-            await self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
-        except ApiException as exc:
-            if exc.status != NOT_FOUND:
-                raise
+        await unless_missing(
+            self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
+        )
 
     async def patch_status(self, plural: str, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         """Merge `status` into one of our objects' status; an object deleted meanwhile is no error."""
-        try:
-            await self.custom.patch_namespaced_custom_object_status(
+        await unless_missing(
+            self.custom.patch_namespaced_custom_object_status(
                 names.GROUP,
                 names.VERSION,
                 namespace,
@@ -148,6 +132,4 @@ class Kube:
                 {"status": dict(status)},
                 _content_type=MERGE_PATCH,  # type: ignore[call-arg]
             )
-        except ApiException as exc:
-            if exc.status != NOT_FOUND:
-                raise
+        )
