@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -42,7 +41,7 @@ from mlplatform.builders.modeldeployment import (
     service_url,
 )
 from mlplatform.handlers.context import ObjectKey, OperatorContext
-from mlplatform.handlers.status import StatusWriter
+from mlplatform.handlers.status import Logger, ObjectReconciler
 from mlplatform.handlers.trainingrun import api_message, context
 from mlplatform.jobstatus import pod_failure
 from mlplatform.metrics import DURATION, ERRORS, RECONCILES, ROLLOUTS
@@ -55,7 +54,6 @@ RETRY_SECONDS = 5.0  # after an error, the next pass comes this soon rather than
 READY = "Ready"
 PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
-Logger = logging.Logger | logging.LoggerAdapter[Any]
 
 
 class ServingError(ReasonedError):
@@ -154,25 +152,17 @@ async def resolve(ctx: OperatorContext, selector: ModelSelector) -> ModelVersion
     return found
 
 
-class ModelDeploymentReconciler:
+class ModelDeploymentReconciler(ObjectReconciler):
+    plural = names.MODELDEPLOYMENT_PLURAL
+
     def __init__(
         self, ctx: OperatorContext, body: kopf.Body, logger: Logger, deployments: kopf.Index[ObjectKey, Any]
     ) -> None:
-        self.ctx = ctx
-        self.body = body
-        self.logger = logger
+        super().__init__(ctx, body, logger)
         self.deployments = deployments
-        self.namespace = body.metadata.namespace or ""
-        self.name = body.metadata.name or ""
-        self.uid = body.metadata.uid or ""
         self.key = own_key(self.namespace, self.name)
-        self.writer = StatusWriter(ctx.kube, names.MODELDEPLOYMENT_PLURAL, body)
         self.pruned_generation: int | None = None  # the generation whose unwanted children were deleted
         self.images: dict[tuple[str, str], str] = {}  # (model, version) -> the image it was trained with
-
-    @property
-    def status(self) -> Mapping[str, Any]:
-        return self.writer.status
 
     async def run(self, stopped: kopf.DaemonStopped) -> None:
         waker = self.ctx.waker(self.key)
@@ -357,11 +347,6 @@ class ModelDeploymentReconciler:
         return found[0] if found else None
 
     # --- plumbing ------------------------------------------------------------------------------------
-
-    async def write(
-        self, fields: Mapping[str, Any], conditions: list[Condition], stamp: Mapping[str, Any] | None = None
-    ) -> None:
-        await self.writer.write(fields, conditions, stamp)
 
     async def write_quietly(self, reason: str, message: str) -> None:
         """Say in Degraded what went wrong, keeping Ready as it is (what runs keeps serving)."""

@@ -1,16 +1,20 @@
-"""Writing the status of one of our objects from its daemon: only when it says something new, with
-conditions that keep their transition times, and read back as written (the watch brings the object's
-own status back later, and a pass must not act twice on what the last one recorded)."""
+"""The daemon of one of our objects: what it holds, and how it writes the object's status (only when it
+says something new, with conditions that keep their transition times, read back as written: the watch
+brings the object's own status back later, and a pass must not act twice on what the last one recorded)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import kopf
 
 from mlplatform.api.conditions import Condition, merge_conditions
+from mlplatform.handlers.context import OperatorContext
 from mlplatform.kube import Kube
+
+Logger = logging.Logger | logging.LoggerAdapter[Any]
 
 
 class StatusWriter:
@@ -44,3 +48,28 @@ class StatusWriter:
         metadata = self.body.metadata
         await self.kube.patch_status(self.plural, metadata.namespace or "", metadata.name or "", status)
         self.last_summary, self.written = summary, {**self.written, **status}
+
+
+class ObjectReconciler:
+    """The state a daemon keeps for one object: the operator's context, the object, who it is, and its
+    status as last written. Subclasses name their resource's plural."""
+
+    plural: ClassVar[str]
+
+    def __init__(self, ctx: OperatorContext, body: kopf.Body, logger: Logger) -> None:
+        self.ctx = ctx
+        self.body = body
+        self.logger = logger
+        self.namespace = body.metadata.namespace or ""
+        self.name = body.metadata.name or ""
+        self.uid = body.metadata.uid or ""
+        self.writer = StatusWriter(ctx.kube, self.plural, body)
+
+    @property
+    def status(self) -> Mapping[str, Any]:
+        return self.writer.status
+
+    async def write(
+        self, fields: Mapping[str, Any], conditions: list[Condition], stamp: Mapping[str, Any] | None = None
+    ) -> None:
+        await self.writer.write(fields, conditions, stamp)

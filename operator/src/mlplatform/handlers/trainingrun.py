@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
@@ -22,12 +21,12 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from mlplatform import names
 from mlplatform.api.base import SpecError
-from mlplatform.api.conditions import Condition, ReasonedError, done, in_progress, now_iso, stalled
+from mlplatform.api.conditions import ReasonedError, done, in_progress, now_iso, stalled
 from mlplatform.api.trainingrun import Phase, TrainingRunSpec, parse_spec
 from mlplatform.builders.common import short_name
 from mlplatform.builders.trainingrun import RunContext, TrainerSettings, build_job, job_name
 from mlplatform.handlers.context import ObjectKey, OperatorContext
-from mlplatform.handlers.status import StatusWriter
+from mlplatform.handlers.status import Logger, ObjectReconciler
 from mlplatform.jobstatus import Observation, observe
 from mlplatform.metrics import DURATION, ERRORS, RECONCILES
 from mlplatform.promotion import Decision, check_gate, decide, format_metric, key_metric
@@ -41,7 +40,6 @@ RESYNC_SECONDS = 60.0  # a lost watch event costs at most this long
 BACKOFF_SECONDS = (1, 2, 4, 8, 15, 30, 60)
 DELETE_ATTEMPTS = 5  # then deletion lets go of an unreachable MLflow, with a warning event
 T = TypeVar("T")
-Logger = logging.Logger | logging.LoggerAdapter[Any]
 
 
 class RunError(ReasonedError):
@@ -171,7 +169,9 @@ async def delete_trainingrun(
         )
 
 
-class TrainingRunReconciler:
+class TrainingRunReconciler(ObjectReconciler):
+    plural = names.TRAININGRUN_PLURAL
+
     def __init__(
         self,
         ctx: OperatorContext,
@@ -180,20 +180,10 @@ class TrainingRunReconciler:
         jobs: kopf.Index[ObjectKey, Any],
         pods: kopf.Index[ObjectKey, Any],
     ) -> None:
-        self.ctx = ctx
-        self.body = body
-        self.logger = logger
+        super().__init__(ctx, body, logger)
         self.jobs = jobs
         self.pods = pods
-        self.namespace = body.metadata.namespace or ""
-        self.name = body.metadata.name or ""
-        self.uid = body.metadata.uid or ""
         self.key = own_key(self.namespace, self.name)
-        self.writer = StatusWriter(ctx.kube, names.TRAININGRUN_PLURAL, body)
-
-    @property
-    def status(self) -> Mapping[str, Any]:
-        return self.writer.status
 
     async def run(self) -> None:
         waker = self.ctx.waker(self.key)
@@ -437,9 +427,6 @@ class TrainingRunReconciler:
             self.logger.warning("cannot mark MLflow run %s FAILED: %s", run_id, exc)
 
     # --- plumbing ------------------------------------------------------------------------------------
-
-    async def write(self, fields: Mapping[str, Any], conditions: list[Condition]) -> None:
-        await self.writer.write(fields, conditions)
 
     async def retrying(self, what: str, step: Callable[[], Awaitable[T]]) -> T:
         """Run `step` until it succeeds: an unreachable MLflow or API server is waited out with back-off and
