@@ -113,3 +113,16 @@ def delete_field(path: str) -> Change:
 def apply_manifest(run_kubectl: Callable[..., Any], namespace: str, manifest: dict[str, Any]) -> Any:
     """`kubectl apply` the manifest; the completed process, whether it was accepted or not."""
     return run_kubectl("apply", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(manifest), check=False)
+
+
+def assert_refused(
+    run_kubectl: Callable[..., Any], namespace: str, manifest: dict[str, Any], expected: list[str]
+) -> None:
+    """`kubectl apply` refuses the manifest with a message holding each of `expected`, and stores nothing."""
+    result = apply_manifest(run_kubectl, namespace, manifest)
+    assert result.returncode != 0, f"accepted: {result.stdout}"
+    message = " ".join(result.stderr.split())
+    for part in expected:
+        assert part in message, f"{part!r} not in: {message}"
+    kind = manifest["kind"].lower()
+    assert run_kubectl("get", kind, "-n", namespace, "-o", "name").stdout.strip() == ""
