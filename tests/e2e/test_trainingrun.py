@@ -313,10 +313,15 @@ def test_a_finished_run_is_not_run_again_when_its_spec_changes(
     manifest["spec"]["parameters"] = {"alpha": "0.9"}
     apply(kubectl_bin, kubeconfig, namespace, manifest)
     wait_event(api_client, namespace, "once", "SpecChangeIgnored")
-    again = status(api_client, namespace, "once")
+
+    def observed() -> dict[str, Any] | None:
+        # kopf patches the handler's status after the handler (and its event): wait for that patch.
+        found = get(api_client, namespace, "once")
+        seen = (found or {}).get("status") or {}
+        return seen if found and seen.get("observedGeneration") == found["metadata"]["generation"] else None
+
+    again = eventually(observed, timeout=30, what="observedGeneration of the changed spec")
     assert again["mlflow"]["runId"] == done["mlflow"]["runId"] and again["phase"] == done["phase"]
-    found = get(api_client, namespace, "once")
-    assert found is not None and again["observedGeneration"] == found["metadata"]["generation"]
     assert len(client.BatchV1Api(api_client).list_namespaced_job(namespace).items) == 1
 
 
