@@ -161,7 +161,8 @@ def test_without_a_tracking_secret_no_secret_is_referenced() -> None:
 def test_the_server_serves_the_downloaded_model_with_mlflow() -> None:
     container = server(deployment({"workers": 3}))
     command = container["command"]
-    assert command[:3] == ["mlflow", "models", "serve"]
+    assert command[:2] == ["python", "-c"] and "mlflow.cli" in command[2], "mlflow's CLI, passing SIGTERM on"
+    assert command[3:5] == ["models", "serve"]
     assert command[command.index("--model-uri") + 1] == MODEL_DIR
     assert command[command.index("--env-manager") + 1] == "local", "no conda or virtualenv at start"
     assert command[command.index("--port") + 1] == str(SERVER_PORT)

@@ -42,6 +42,18 @@ DRAIN_SECONDS = 5
 TERMINATION_GRACE_SECONDS = 30
 REVISION_HISTORY = 5
 PROBE_PERIOD_SECONDS = 2
+# `mlflow models serve` runs the scoring server as its child. As a container's PID 1 without a SIGTERM
+# handler it would never hear the SIGTERM (the kernel drops it), and the server would be killed at the end
+# of the grace period instead of draining; this passes the signal on to the server's process group.
+SERVE_FORWARDING_SIGTERM = """\
+import os, signal, sys
+from mlflow.cli import cli
+def forward(signum, frame):
+    signal.signal(signum, signal.SIG_IGN)
+    os.killpg(0, signum)
+signal.signal(signal.SIGTERM, forward)
+sys.exit(cli())
+"""
 
 
 @dataclass(frozen=True)
@@ -188,7 +200,8 @@ def fetch_container(spec: ModelDeploymentSpec, served: ServedVersion, settings: 
 
 def server_container(spec: ModelDeploymentSpec, served: ServedVersion) -> Manifest:
     """MLflow's scoring server on the downloaded model, in the environment the image already has."""
-    command = ["mlflow", "models", "serve", "--model-uri", MODEL_DIR, "--env-manager", "local"]
+    command = ["python", "-c", SERVE_FORWARDING_SIGTERM, "models", "serve", "--model-uri", MODEL_DIR]
+    command += ["--env-manager", "local"]
     command += ["--host", "0.0.0.0", "--port", str(SERVER_PORT), "--workers", str(spec.workers)]  # noqa: S104
     # Loading a big model takes time: the startup probe allows the whole progress deadline for it.
     startup_failures = max(1, spec.rollout.progress_deadline_seconds // PROBE_PERIOD_SECONDS)
