@@ -53,6 +53,18 @@ def test_an_exit_code_and_its_termination_message_explain_a_failure() -> None:
     assert "code 3" in seen.message and "ValueError: empty" in seen.message
 
 
+def test_a_failure_is_blamed_on_the_main_container_not_on_the_sidecar_stopped_after_it() -> None:
+    """The kubelet stops native sidecars (SIGTERM: 143) once the main containers end."""
+    failed = pod("Failed", {"terminated": {"exitCode": 2, "reason": "Error", "message": "bad input"}})
+    failed["spec"] = {"initContainers": [{"name": "proxy", "restartPolicy": "Always"}, {"name": "setup"}]}
+    failed["status"]["initContainerStatuses"] = [
+        {"name": "proxy", "state": {"terminated": {"exitCode": 143, "reason": "Error"}}},
+        {"name": "setup", "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}},
+    ]
+    seen = observe(job(("Failed", "BackoffLimitExceeded")), [failed])
+    assert seen.message == "container trainer exited with code 2: bad input"
+
+
 def test_oom_and_deadline_are_named() -> None:
     oom = {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}
     assert observe(job(("Failed", "BackoffLimitExceeded")), [pod("Failed", oom)]).reason == "OOMKilled"

@@ -6,7 +6,7 @@ reports is unit-tested from the objects a kubelet and the Job controller really 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,10 +75,23 @@ def _job_failure(job: Manifest, condition: Manifest, pods: Sequence[Manifest]) -
     return reason, str(condition.get("message") or "the Job failed")
 
 
-def _statuses(pod: Manifest) -> Iterable[Manifest]:
+def _sidecars(pod: Manifest) -> set[str]:
+    """Native sidecars: init containers that run beside the main ones (restartPolicy Always)."""
+    init = (pod.get("spec") or {}).get("initContainers") or []
+    return {c.get("name") for c in init if c.get("restartPolicy") == "Always"}
+
+
+def _by_blame(pod: Manifest) -> list[Manifest]:
+    """Container statuses in the order a failure is blamed on them: main containers, then init
+    containers, then sidecars (which the kubelet stops, often with 143, once the main containers end)."""
     status = pod.get("status") or {}
-    yield from status.get("initContainerStatuses") or []
-    yield from status.get("containerStatuses") or []
+    sidecars = _sidecars(pod)
+    init = status.get("initContainerStatuses") or []
+    return [
+        *(status.get("containerStatuses") or []),
+        *(c for c in init if c.get("name") not in sidecars),
+        *(c for c in init if c.get("name") in sidecars),
+    ]
 
 
 def _newest_first(pods: Sequence[Manifest]) -> list[Manifest]:
@@ -90,7 +103,7 @@ def _newest_first(pods: Sequence[Manifest]) -> list[Manifest]:
 def _failed_container(pods: Sequence[Manifest]) -> tuple[str, str] | None:
     """Why the newest failed container failed: OOM, or its exit code with its termination message."""
     for pod in _newest_first(pods):
-        for container in _statuses(pod):
+        for container in _by_blame(pod):
             for state in (container.get("state") or {}, container.get("lastState") or {}):
                 terminated = state.get("terminated")
                 if terminated and terminated.get("exitCode", 0) != 0:
@@ -112,7 +125,7 @@ def _terminated_reason(container: str, terminated: Manifest) -> tuple[str, str]:
 def _stuck_container(pods: Sequence[Manifest]) -> tuple[str, str] | None:
     """A container the kubelet cannot start: its image cannot be pulled, or its config cannot be made."""
     for pod in _newest_first(pods)[:1]:
-        for container in _statuses(pod):
+        for container in _by_blame(pod):
             waiting = (container.get("state") or {}).get("waiting") or {}
             why = str(waiting.get("reason") or "")
             detail = str(waiting.get("message") or why)
