@@ -69,6 +69,13 @@ def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCon
         cluster.down(config)
 
 
+@pytest.fixture
+def local_node(local_cluster: LocalConfig) -> None:
+    """Skips a test that needs the local node, which runs only as root."""
+    if not local_cluster.node:
+        pytest.skip("the local node needs root")
+
+
 @pytest.fixture(scope="session")
 def mlflow_stack(local_cluster: LocalConfig) -> Stack:
     """The session cluster's MLflow stack: where it listens and its credentials (read from their files)."""

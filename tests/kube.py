@@ -121,6 +121,38 @@ def python_pod(
     }
 
 
+def stateful_set_with_claim(
+    name: str, container: dict[str, Any], mount_path: str | None, storage: str = "64Mi", **spec: Any
+) -> dict[str, Any]:
+    """A one-replica StatefulSet of `container` (its Service name is `name`) whose volumeClaimTemplate
+    `data` (the default class) is mounted at `mount_path` (None: the container mounts `data` itself); its
+    claim is `data-<name>-0`. Keywords add to the pod's spec."""
+    labels = {"app": name}
+    mounts = [*(container.get("volumeMounts") or [])]
+    if mount_path is not None:
+        mounts.append({"name": "data", "mountPath": mount_path})
+    claim = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": storage}}}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {"name": name},
+        "spec": {
+            "serviceName": name,
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "terminationGracePeriodSeconds": 5,
+                    **spec,
+                    "containers": [{**container, "volumeMounts": mounts}],
+                },
+            },
+            "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": claim}],
+        },
+    }
+
+
 def processes_with(marker: str) -> list[psutil.Process]:
     """Live host processes with `marker` as an argument of their command line (a container's process)."""
     return [

@@ -17,15 +17,8 @@ import pytest
 from kubernetes import client
 
 from kube import container_state, eventually, kubectl, pod, processes_with, python_pod
-from mlplatform.local.config import LocalConfig
 
-pytestmark = pytest.mark.cluster
-
-
-@pytest.fixture(autouse=True)
-def _needs_node(local_cluster: LocalConfig) -> None:
-    if not local_cluster.node:
-        pytest.skip("the local node needs root")
+pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("local_node")]
 
 
 def gone(core: client.CoreV1Api, namespace: str, name: str) -> bool:

@@ -18,13 +18,7 @@ from mlplatform.local import cluster
 from mlplatform.local.config import LocalConfig, StateLayout
 from mlplatform.local.processes import ProcessTable
 
-pytestmark = pytest.mark.cluster
-
-
-@pytest.fixture(autouse=True)
-def _needs_node(local_cluster: LocalConfig) -> None:
-    if not local_cluster.node:
-        pytest.skip("the local node needs root")
+pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("local_node")]
 
 
 SERVER = (

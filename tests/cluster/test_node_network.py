@@ -10,9 +10,8 @@ import pytest
 from kubernetes import client
 
 from kube import apply, eventually, finished, is_ready, kubectl, pod, pods_of, processes_with, python_pod
-from mlplatform.local.config import LocalConfig
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("local_node")]
 
 HTTP_SERVER = """\
 import http.server, os, sys
@@ -23,12 +22,6 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args): pass
 http.server.ThreadingHTTPServer(("", 8080), Handler).serve_forever()
 """
-
-
-@pytest.fixture(autouse=True)
-def _needs_node(local_cluster: LocalConfig) -> None:
-    if not local_cluster.node:
-        pytest.skip("the local node needs root")
 
 
 def web(name: str, replicas: int, marker: str, **container: object) -> list[dict[str, object]]:

@@ -10,15 +10,8 @@ import pytest
 from kubernetes import client
 
 from kube import apply, container_state, eventually, finished, job_outcome, kubectl, pod, pods_of, python_pod
-from mlplatform.local.config import LocalConfig
 
-pytestmark = pytest.mark.cluster
-
-
-@pytest.fixture(autouse=True)
-def _needs_node(local_cluster: LocalConfig) -> None:
-    if not local_cluster.node:
-        pytest.skip("the local node needs root")
+pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("local_node")]
 
 
 def job(name: str, command: list[str], image: str = "python:3.11-slim", **spec: object) -> dict[str, object]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import signal
 import threading
 from pathlib import Path
 
@@ -12,12 +14,16 @@ from mlplatform.local import images
 from mlplatform.local.errors import LocalError
 from mlplatform.local.images import (
     ImageEnvironment,
+    PreparedImage,
     build_commands,
+    dockerfile_instructions,
     ensure_environment,
+    ensure_image,
     environment_dir,
     host_command,
     load_image_map,
     parse_dockerfile,
+    pull_failure,
     repository,
     resolve_image,
 )
@@ -31,7 +37,10 @@ FROM python:3.11-slim
 ENV A=1 B="two words" \\
     C=${A}-x
 ENV LEGACY value with spaces
+# local node: handled by requirements.txt
 COPY requirements.txt /tmp/requirements.txt
+# Installs what the image runs.
+# local node: handled by requirements.txt
 RUN pip install -r /tmp/requirements.txt \\
  # a comment inside a continued instruction
  && true
@@ -65,6 +74,15 @@ def test_parse_dockerfile_shell_form_and_defaults() -> None:
     )
 
 
+@pytest.mark.parametrize("written", ["SIGINT", "INT", "sigint", "2"])
+def test_stopsignal_is_what_stopping_the_container_sends(written: str) -> None:
+    assert parse_dockerfile(f"FROM postgres\nSTOPSIGNAL {written}\n").stop_signal == signal.SIGINT
+    assert parse_dockerfile("FROM python\n").stop_signal == signal.SIGTERM
+    assert parse_dockerfile("FROM postgres\nSTOPSIGNAL SIGINT\nFROM python\n").stop_signal == signal.SIGTERM
+    with pytest.raises(LocalError, match="STOPSIGNAL SIGNOPE: not a signal"):
+        parse_dockerfile("FROM python\nSTOPSIGNAL SIGNOPE\n")
+
+
 def test_parse_dockerfile_refuses_what_the_local_node_cannot_reproduce() -> None:
     with pytest.raises(LocalError, match=r"\$PATH"):
         parse_dockerfile("FROM python:3.11\nENV PATH=/opt/venv/bin:$PATH\n")
@@ -95,11 +113,118 @@ def test_the_repository_image_map() -> None:
     sklearn = resolve_image("docker.io/mlplatform/trainer-sklearn:0.1.0@sha256:" + "b" * 64, image_map)
     assert sklearn is not None and sklearn.context.name == "sklearn"
     assert resolve_image("ghcr.io/someone/else:1", image_map) is None
+    postgres = resolve_image("postgres:16", image_map)
+    assert postgres is not None and postgres.stop_signal == signal.SIGINT  # its fast shutdown
     for entry in image_map:
-        assert entry.requirements.is_file()
+        assert entry.refusal is None, entry.refusal
+        assert entry.requirements.is_file() != entry.host_programs
         for arg in entry.command:  # every file the command names is in the folder the node shows there
             if entry.code_path and arg.startswith(entry.code_path + "/"):
                 assert (entry.context / arg[len(entry.code_path) + 1 :]).is_file(), arg
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "RUN apt-get install -y curl",
+        "ADD https://example.com/tool.tar.gz /opt/",
+        "ARG VERSION=1",
+        "COPY requirements.txt /tmp/",
+        "COPY --from=build /go/bin/tool /usr/bin/tool",
+    ],
+)
+def test_a_line_the_map_cannot_reproduce_is_refused_naming_it(line: str) -> None:
+    with pytest.raises(LocalError, match=rf"line 3: `{re.escape(line)}`: the local node cannot reproduce"):
+        parse_dockerfile(f'FROM python:3.11\nENV A=1\n{line}\nCMD ["python"]\n')
+
+
+def test_a_marker_covers_only_the_line_right_below_its_comment_block() -> None:
+    marked = (
+        "FROM python:3.11\n# Tools.\n# local node: handled by requirements.txt\n# (pip)\nRUN pip install x\n"
+    )
+    assert parse_dockerfile(marked).cmd == ()
+    assert [i.covered for i in dockerfile_instructions(marked)] == [None, "handled by requirements.txt"]
+    with pytest.raises(LocalError, match="line 4: `RUN true`"):  # a blank line ends the marker's block
+        parse_dockerfile("FROM python:3.11\n# local node: handled by requirements.txt\n\nRUN true\n")
+    with pytest.raises(LocalError, match="line 4: `RUN b`"):  # one marker, one instruction
+        parse_dockerfile("FROM python:3.11\n# local node: handled by requirements.txt\nRUN a\nRUN b\n")
+    with pytest.raises(LocalError, match="line 3"):  # a marker needs a reason
+        parse_dockerfile("FROM python:3.11\n# local node:\nRUN a\n")
+    with pytest.raises(LocalError, match=r"line 2: `RUN x{95}…`"):  # a long line is cut short
+        parse_dockerfile("FROM python:3.11\nRUN " + "x" * 300 + "\n")
+
+
+def _folder(folder: Path, dockerfile: str, requirements: bool) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "Dockerfile").write_text(dockerfile)
+    if requirements:
+        (folder / "requirements.txt").write_text("\n")
+    return folder
+
+
+def test_an_image_the_node_cannot_run_fails_its_pods_only_with_the_reason(tmp_path: Path) -> None:
+    _folder(tmp_path / "good", 'FROM python:3.11\nCMD ["python"]\n', requirements=True)
+    _folder(tmp_path / "bad", "FROM python:3.11\nRUN make\n", requirements=True)
+    (tmp_path / "map.yaml").write_text(
+        "images:\n  - {image: team/good, folder: good}\n  - {image: team/bad, folder: bad}\n"
+    )
+    image_map = load_image_map(tmp_path / "map.yaml")
+    assert pull_failure("team/good:1", resolve_image("team/good:1", image_map)) is None
+    bad = pull_failure("team/bad:1", resolve_image("team/bad:1", image_map))
+    assert bad is not None and bad.startswith('Failed to pull image "team/bad:1": image team/bad: ')
+    assert bad.endswith("Dockerfile: line 2: `RUN make`: the local node cannot reproduce RUN " + HOW_TO_MARK)
+    unknown = pull_failure("team/other", resolve_image("team/other", image_map))
+    assert unknown is not None and "listed in local-images.yaml" in unknown
+
+
+HOW_TO_MARK = (
+    "(a `# local node: <how the map covers it>` comment just above accepts it, "
+    "e.g. `# local node: handled by requirements.txt`)"
+)
+
+
+def test_host_program_entries_say_what_the_real_image_has(tmp_path: Path) -> None:
+    _folder(tmp_path / "db", 'FROM postgres:15\nCMD ["postgres"]\n', requirements=False)
+    (tmp_path / "map.yaml").write_text(
+        "images:\n  - image: db\n    folder: db\n    programs: host\n"
+        "    binaries: {/usr/bin/minio: minio}\n    directories: {/var/run/db: '3777'}\n"
+    )
+    (db,) = load_image_map(tmp_path / "map.yaml")
+    assert (db.host_programs, dict(db.binaries), dict(db.directories)) == (
+        True,
+        {"/usr/bin/minio": "minio"},
+        {"/var/run/db": 0o3777},
+    )
+
+
+@pytest.mark.parametrize(
+    ("entry", "requirements", "reason"),
+    [
+        ("programs: host", True, "needs no requirements.txt"),
+        ("programs: venv", False, "needs a requirements.txt"),
+        ("programs: docker", False, "`programs` is `venv` (the default) or `host`"),
+        ("programs: host, binaries: {/usr/bin/x: no-such-binary}", False, "no platform binary 'no-such"),
+        ("programs: host, binaries: {usr/bin/minio: minio}", False, "not an absolute path"),
+        ("programs: host, directories: {/run/x: '999'}", False, "octal"),
+    ],
+)
+def test_a_host_program_entry_that_cannot_work_is_refused(
+    tmp_path: Path, entry: str, requirements: bool, reason: str
+) -> None:
+    _folder(tmp_path / "x", 'FROM busybox\nCMD ["sh"]\n', requirements)
+    (tmp_path / "map.yaml").write_text(f"images:\n  - {{image: x, folder: x, {entry}}}\n")
+    (refused,) = load_image_map(tmp_path / "map.yaml")
+    assert refused.refusal is not None and reason in refused.refusal
+
+
+def test_a_host_program_image_needs_no_venv_and_gets_its_binaries(tmp_path: Path) -> None:
+    folder = _folder(tmp_path / "x", 'FROM busybox\nCMD ["sh"]\n', requirements=False)
+    env = images.image_environment("team/x", folder, host_programs=True)
+    prepared = ensure_image(env, tmp_path / "cache", lambda _: None)
+    assert prepared == PreparedImage("team/x", None, {})
+    assert prepared.image_id == "mlplatform-local://team-x-host-programs" and prepared.host_folders == []
+    assert not (tmp_path / "cache").exists()  # nothing was built
+    assert host_command(env, None, ["python", "-V"]) == ["python", "-V"]  # the host's python
 
 
 def test_host_command_runs_the_image_command_with_the_environment_and_the_folder(tmp_path: Path) -> None:

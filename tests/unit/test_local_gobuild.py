@@ -156,6 +156,8 @@ def test_ldflags_stamp_the_pinned_version() -> None:
     assert f"-X github.com/minio/minio/cmd.CommitID={commit}" in minio
     assert re.search(r"cmd\.Version=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", minio)
     assert f"coremain.GitCommit={BINARIES['coredns'].version}" in " ".join(ldflags(BINARIES["coredns"]))
+    provisioner = BINARIES["local-path-provisioner"]
+    assert f"-X main.VERSION={provisioner.version}" in ldflags(provisioner)
 
 
 def test_cache_entries_are_keyed_by_name_version_and_build_inputs(tmp_path: Path) -> None:

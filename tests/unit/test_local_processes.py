@@ -34,7 +34,7 @@ def test_a_live_process_has_no_orphans_and_a_recycled_record_is_not_alive(tmp_pa
     try:
         assert record.process() is not None
         assert record.orphans() == []
-        stale = type(record)(record.name, record.pid, record.create_time - 100)  # same PID, other process
+        stale = type(record)(record.name, record.pid, record.start_ticks - 100)  # same PID, other process
         assert stale.process() is None
     finally:
         table.stop("sleeper")

@@ -1,22 +1,37 @@
 """The node runtime's pure parts: a pod's /etc/hosts and resolv.conf for every DNS policy, and IP
-leases in the node's pod range (lowest free first, stable per pod, a clear error when exhausted)."""
+leases in the node's pod range (lowest free first, stable per pod, a clear error when exhausted). And, as
+root, its killing on real processes: a PID recorded for a process that ended and was then reused by an
+unrelated one is never signalled, reading a container's state kills nothing, and killing a cgroup kills
+its processes and those of the cgroups under it, and nothing else."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from mlplatform.local.config import Network
+from mlplatform.local.node import cgroups
 from mlplatform.local.node.layout import NodeLayout
 from mlplatform.local.node.runtime import (
+    ProcessRef,
     SandboxError,
     allocate_ip,
     hosts_file,
     mac_for,
+    read_attempt,
     release_ip,
     resolv_conf,
+    signal_container,
 )
 
 NETWORK = Network()
@@ -136,3 +151,92 @@ def test_a_pods_mac_follows_its_ip_so_a_reused_address_keeps_its_neighbours_righ
     assert mac_for("10.244.0.5") == "0a:58:0a:f4:00:05"
     assert mac_for("10.244.1.254") == "0a:58:0a:f4:01:fe"
     assert mac_for("10.244.0.5") != mac_for("10.244.0.6")
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="PIDs and cgroups are set up as root")
+NS_LAST_PID = Path("/proc/sys/kernel/ns_last_pid")
+
+
+def sleeper() -> subprocess.Popen[bytes]:
+    return subprocess.Popen(["sleep", "60"])
+
+
+@pytest.fixture
+def reused_pid() -> Iterator[tuple[ProcessRef, subprocess.Popen[bytes]]]:
+    """A recorded process that ended, and an unrelated process that then got its PID: the kernel hands out
+    the PID after ns_last_pid next, so it is set just below the freed one (other forks may race: retry)."""
+    for _ in range(50):
+        ended = sleeper()
+        recorded = ProcessRef.of(ended.pid)
+        ended.kill()
+        ended.wait()
+        time.sleep(0.05)  # past the start time's resolution (a tick), as any real reuse is
+        NS_LAST_PID.write_text(str(recorded.pid - 1))
+        stranger = sleeper()
+        if stranger.pid == recorded.pid:
+            break
+        stranger.kill()
+        stranger.wait()
+    else:
+        pytest.skip("the freed PID was taken by another process each time")
+    try:
+        yield recorded, stranger
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+@needs_root
+def test_a_reused_pid_is_never_signalled(reused_pid: tuple[ProcessRef, subprocess.Popen[bytes]]) -> None:
+    recorded, stranger = reused_pid
+    assert not recorded.alive()
+    assert recorded.signal(signal.SIGKILL) is False
+    time.sleep(0.1)
+    assert stranger.poll() is None
+    assert ProcessRef.of(stranger.pid).signal(signal.SIGTERM) is True
+    assert stranger.wait(timeout=5) == -signal.SIGTERM
+
+
+@needs_root
+def test_a_container_whose_pid_was_reused_gets_no_signal_and_reading_it_kills_nothing(
+    tmp_path: Path, reused_pid: tuple[ProcessRef, subprocess.Popen[bytes]]
+) -> None:
+    recorded, stranger = reused_pid
+    layout = NodeLayout(tmp_path).pod("uid-1")
+    attempt = layout.container("main", 0)
+    attempt.root.mkdir(parents=True)
+    state = {"pid": recorded.pid, "start_ticks": recorded.start_ticks, "startedAt": "2024-01-01T00:00:00Z"}
+    attempt.state_file.write_text(json.dumps(state))
+    signal_container(layout, "main", 0, signal.SIGTERM)
+    # The shim is gone and left no exit record: the attempt's fate is unknown, and reading it kills nothing.
+    assert read_attempt(layout, "main", 0).reason == "ContainerStatusUnknown"
+    time.sleep(0.1)
+    assert stranger.poll() is None
+
+
+@needs_root
+def test_killing_a_cgroup_kills_its_processes_and_those_below_it_and_nothing_else() -> None:
+    pod = f"mlplatform-test-{uuid.uuid4().hex[:8]}"
+    cgroups.create(f"{pod}/main-0", cgroups.Limits())
+    member, nested, outsider = sleeper(), sleeper(), sleeper()
+    try:
+        cgroups.join(pod, member.pid)
+        cgroups.join(f"{pod}/main-0", nested.pid)
+        cgroups.kill_all(pod)
+        assert member.wait(timeout=5) == -signal.SIGKILL
+        assert nested.wait(timeout=5) == -signal.SIGKILL
+        assert outsider.poll() is None
+    finally:
+        for process in (member, nested, outsider):
+            process.kill()
+            process.wait()
+        cgroups.remove(pod)
+    assert not any(folder.exists() for folder in cgroups.directories(pod))
+
+
+def test_a_process_record_of_an_earlier_agent_still_names_its_process() -> None:
+    """Earlier agents recorded psutil's create_time (the wall clock at boot plus the start ticks)."""
+    me = psutil.Process()
+    assert ProcessRef.load({"pid": me.pid, "create_time": me.create_time()}) == ProcessRef.of(me.pid)
+    assert ProcessRef.load({"pid": me.pid, "start_ticks": 7}) == ProcessRef(me.pid, 7)
+    assert ProcessRef.load({"pid": me.pid, "shimPid": 1}) is None  # a state file without its process

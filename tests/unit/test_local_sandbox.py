@@ -1,5 +1,6 @@
 """The plan of a pod's root filesystem: host folders overlaid, host symlinks kept, /proc /sys /dev /run
-/tmp the pod's own, visible paths reachable; and the sandbox spec survives its JSON trip."""
+/tmp the pod's own, private host folders empty but for the visible paths bound back read-only; and the
+sandbox spec survives its JSON trip."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from mlplatform.local.node.sandbox import (
     MountStep,
     SandboxSpec,
     host_entries,
+    outermost,
     plan_rootfs,
 )
 
@@ -93,3 +95,36 @@ def test_host_path_volumes_bind_the_real_host_folder_out_of_the_overlay() -> Non
     )
     bind = next(s for s in steps if s.target == f"{HOST_PATHS_IN_POD}/shared")
     assert (bind.op, bind.source, bind.readonly) == ("bind", "/srv/shared", False)
+
+
+def test_hidden_folders_are_empty_tmpfs_with_only_the_visible_paths_bound_back_read_only() -> None:
+    home, state, repo = "/root", "/root/.cache/mlplatform/local", "/work/checkout"
+    env, python, images = (
+        "/root/.cache/mlplatform/envs/py-1",
+        "/root/.pyenv/versions/3.11.7",
+        f"{repo}/images/py",
+    )
+    steps = plan_rootfs(
+        [("root", None), ("usr", None), ("work", None)],
+        POD_ETC,
+        POD_TMP,
+        POD_VOLUMES,
+        visible_paths=[env, images, python, "/usr/lib/python3"],
+        hidden_paths=[home, state, repo],
+    )
+    by_target = {s.target: s for s in steps}
+    assert by_target["/root"] == MountStep("tmpfs", "/root")  # instead of the overlay of the host's /root
+    assert by_target["/work"] == MountStep("overlay", "/work", source="/work")
+    assert by_target[repo] == MountStep("tmpfs", repo)
+    assert state not in by_target  # inside the home, hidden with it
+    for path in (env, images, python):
+        assert by_target[path] == MountStep("bind", path, source=path, readonly=True)
+    assert by_target["/usr/lib/python3"] == MountStep("traversable", "/usr/lib/python3")
+    # The tmpfs covers the overlay, and the visible paths are bound into it afterwards.
+    targets = [s.target for s in steps]
+    assert targets.index("/work") < targets.index(repo) < targets.index(images)
+
+
+def test_outermost_keeps_each_hidden_folder_once_and_never_the_root_or_the_pod_own_folders() -> None:
+    folders = ["/root/.cache/mlplatform", "/root", "/home/me", "/home/mean", "/", "/tmp/state", "/root"]
+    assert outermost(folders) == ["/home/me", "/home/mean", "/root"]

@@ -1,6 +1,6 @@
 """The container shim's log writer: a stream becomes CRI log lines, and a line longer than MAX_LINE
-becomes partial pieces and a final full one, however it arrives; and the termination message it records
-as the kubelet computes it."""
+becomes partial pieces and a final full one, however it arrives; the termination message it records as
+the kubelet computes it; which mounts a read-only root remounts; the capabilities a drop list names."""
 
 from __future__ import annotations
 
@@ -8,14 +8,20 @@ import os
 import stat
 from pathlib import Path
 
+import pytest
+
+from mlplatform.local.node import linux
 from mlplatform.local.node.logs import format_line, read_lines
 from mlplatform.local.node.shim import (
     MAX_LINE,
     MAX_TERMINATION_MESSAGE,
+    WRITABLE_UNDER_READ_ONLY_ROOT,
     ContainerSpec,
     Identity,
     LogWriter,
+    capability_numbers,
     create_termination_log,
+    read_only_remounts,
     termination_message,
     with_termination_message,
 )
@@ -132,3 +138,47 @@ def test_the_termination_message_follows_the_runtimes_own_message(tmp_path: Path
     assert with_termination_message(spec, failed(message="oom"))["message"] == "oom: why"
     path.write_bytes(b"")
     assert "message" not in with_termination_message(spec, failed())
+
+
+# A container's mounts as /proc/self/mountinfo lists them: the pod's root, its overlays, /tmp and /etc files,
+# the runtime's /proc, /sys and /dev, a volume at /data with a mount under it, and a read-only code mount.
+MOUNTINFO = """\
+1 0 0:30 / / rw,relatime - tmpfs tmpfs rw,mode=755
+2 1 0:31 / /usr rw,relatime - overlay overlay rw,lowerdir=/usr
+3 1 0:32 / /proc rw,nosuid,nodev,noexec,relatime - proc proc rw
+4 1 0:33 / /sys ro,nosuid,nodev,noexec,relatime - sysfs sysfs ro
+5 1 0:34 / /dev rw,nosuid - tmpfs tmpfs rw
+6 5 0:35 / /dev/shm rw,nosuid,nodev - tmpfs tmpfs rw
+7 1 8:1 /pod/tmp /tmp rw,relatime - ext4 /dev/sda1 rw
+8 1 8:1 /pod/etc/hosts /etc/hosts rw,relatime - ext4 /dev/sda1 rw
+9 1 8:1 /pod/volumes/data /data rw,relatime - ext4 /dev/sda1 rw
+10 9 0:36 / /data/cache rw - tmpfs tmpfs rw
+11 1 8:1 /src /app ro,relatime - ext4 /dev/sda1 rw
+12 1 8:1 /pod/x /my\\040dir rw,nosuid,noexec - ext4 /dev/sda1 rw
+13 1 8:1 /pod/y /database rw,noatime - ext4 /dev/sda1 rw
+"""
+READ_ONLY = linux.MS_REMOUNT | linux.MS_BIND | linux.MS_RDONLY
+
+
+def test_a_read_only_root_remounts_the_root_and_overlays_but_not_volumes_or_the_runtimes_mounts() -> None:
+    remounts = read_only_remounts(MOUNTINFO, [*WRITABLE_UNDER_READ_ONLY_ROOT, "/data"])
+    assert remounts == [
+        ("/", READ_ONLY | linux.MS_RELATIME),
+        ("/usr", READ_ONLY | linux.MS_RELATIME),
+        ("/tmp", READ_ONLY | linux.MS_RELATIME),  # as under a runtime: /tmp is the root's unless a volume
+        ("/my dir", READ_ONLY | linux.MS_NOSUID | linux.MS_NOEXEC),  # its own flags kept
+        ("/database", READ_ONLY | linux.MS_NOATIME),  # not under /data: a path, not a string prefix
+    ]
+
+
+def test_a_volume_mounted_at_tmp_keeps_tmp_writable() -> None:
+    remounts = read_only_remounts(MOUNTINFO, [*WRITABLE_UNDER_READ_ONLY_ROOT, "/data", "/tmp"])
+    assert "/tmp" not in [point for point, _ in remounts]
+
+
+def test_capabilities_are_named_as_a_security_context_names_them() -> None:
+    assert capability_numbers([]) == []
+    assert capability_numbers(["CHOWN", "net_raw", "CAP_SYS_ADMIN"]) == [0, 13, 21]
+    assert capability_numbers(["NET_RAW", "ALL"]) == list(range(linux.LAST_CAPABILITY + 1))
+    with pytest.raises(ValueError, match="unknown capability 'NOPE'"):
+        capability_numbers(["CHOWN", "NOPE"])

@@ -1,5 +1,6 @@
-"""A pod's status follows the kubelet: its phase in every restart-policy case, container states with
-their last state, conditions (readiness gates, terminal pods) and stable transition times."""
+"""A pod's status follows the kubelet: its phase in every restart-policy case and with native sidecars,
+container states with their last state, conditions (readiness gates, sidecars, terminal pods) and stable
+transition times."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from mlplatform.local.node.status import (
     ContainerView,
     conditions,
     container_status,
+    init_complete,
     phase,
     pod_status,
     with_transition_times,
@@ -231,3 +233,82 @@ def test_the_final_status_of_a_deleted_pod_is_terminal() -> None:
     assert stopped["containerStatuses"][0]["state"]["terminated"]["message"] == "bye"
     assert final([view(latest=exited(143))])["phase"] == "Failed"
     assert final([view()])["phase"] == "Failed"
+
+
+def sidecar(
+    latest: Attempt | None = None,
+    waiting: tuple[str, str] | None = None,
+    started: bool = True,
+    ready: bool = True,
+    name: str = "proxy",
+) -> ContainerView:
+    """A native sidecar: an init container with restartPolicy Always."""
+    return ContainerView(name, "python:3.11", "", latest, None, waiting, ready, started, sidecar=True)
+
+
+@pytest.mark.parametrize(
+    ("policy", "init", "views", "expected"),
+    [
+        # A sidecar that started lets the main containers run beside it: the pod runs.
+        ("Never", [sidecar(running())], [view(latest=running())], "Running"),
+        # The main containers ended, the sidecar still runs (the node is about to stop it): still Running.
+        ("Never", [sidecar(running())], [view(latest=exited(0))], "Running"),
+        # The sidecar's own end (143 after SIGTERM) counts for nothing: the main containers decide.
+        ("Never", [sidecar(exited(143))], [view(latest=exited(0))], "Succeeded"),
+        ("OnFailure", [sidecar(exited(143))], [view(latest=exited(0))], "Succeeded"),
+        ("Never", [sidecar(exited(143))], [view(latest=exited(1))], "Failed"),
+        # A sidecar crashing (waiting to restart) fails nothing, whatever the pod's restart policy.
+        ("Never", [sidecar(exited(2), waiting=BACKOFF)], [view(latest=running())], "Running"),
+        ("Never", [sidecar(exited(2), waiting=BACKOFF)], [view()], "Pending"),
+        # Running but not started yet (its startup probe has not passed): the init sequence waits.
+        ("Always", [sidecar(running(), started=False)], [view()], "Pending"),
+        ("Always", [sidecar()], [view()], "Pending"),
+        # After a sidecar, a regular init container still has to succeed.
+        ("Always", [sidecar(running()), view("setup", latest=running())], [view()], "Pending"),
+        ("Never", [sidecar(running()), view("setup", latest=exited(3))], [view()], "Failed"),
+        # Once the main containers ran, a sidecar restarting (not started again) does not make it Pending.
+        ("Always", [sidecar(running(1), started=False)], [view(latest=running())], "Running"),
+    ],
+)
+def test_phase_with_native_sidecars_matches_the_kubelet(
+    policy: str, init: list[ContainerView], views: list[ContainerView], expected: str
+) -> None:
+    assert phase(policy, init, views) == expected
+
+
+def test_a_started_sidecar_completes_its_part_of_the_init_sequence() -> None:
+    assert init_complete([sidecar(running()), view("setup", latest=exited(0))])
+    assert not init_complete([sidecar(running(), started=False)])  # its startup probe has not passed
+    assert not init_complete([sidecar(running(), waiting=("ContainerCreating", ""))])  # postStart runs
+    assert not init_complete([sidecar(exited(0))])  # a sidecar ended is not done: it restarts
+    assert not init_complete([view("setup", latest=running())])
+
+
+def test_a_sidecar_status_is_running_started_and_ready_as_the_kubelet_reports_it() -> None:
+    status = container_status(sidecar(running()))
+    assert status["state"] == {"running": {"startedAt": T0}}
+    assert (status["started"], status["ready"]) == (True, True)
+    stopped = container_status(sidecar(exited(143), ready=False))
+    assert stopped["state"]["terminated"]["exitCode"] == 143 and stopped["started"] is False
+
+
+def test_a_sidecar_readiness_counts_for_the_pod_and_its_restart_does_not_uninitialize_it() -> None:
+    pod: dict[str, Any] = {"spec": {}}
+    unready = by_type(
+        conditions(
+            pod, "Running", True, [sidecar(running(), ready=False)], [view(latest=running(), ready=True)]
+        )
+    )
+    assert unready["Initialized"]["status"] == "True"
+    assert unready["Ready"]["status"] == "False"
+    assert unready["Ready"]["message"] == "containers with unready status: [proxy]"
+    ready = by_type(
+        conditions(pod, "Running", True, [sidecar(running())], [view(latest=running(), ready=True)])
+    )
+    assert ready["Ready"]["status"] == "True"
+    restarting = by_type(
+        conditions(pod, "Running", True, [sidecar(exited(1), BACKOFF, ready=False)], [view(latest=running())])
+    )
+    assert restarting["Initialized"]["status"] == "True"  # the main container ran: initialized before
+    waiting = by_type(conditions(pod, "Pending", True, [sidecar(running(), started=False)], [view()]))
+    assert waiting["Initialized"]["message"] == "containers with incomplete status: [proxy]"

@@ -11,11 +11,17 @@ import pytest
 
 from mlplatform.local.node.volumes import (
     DATA_LINK,
+    ClaimError,
     VolumeError,
     VolumeFile,
     VolumeLookups,
+    binds_host_folder,
+    claim_names,
+    claim_sources,
+    read_only_volume,
     referenced_objects,
     rendered_files,
+    with_claim_sources,
     write_atomically,
 )
 
@@ -149,8 +155,109 @@ def test_unsafe_item_paths_are_rejected(path: str) -> None:
 def test_plain_folders_render_nothing_and_unknown_kinds_are_refused() -> None:
     assert rendered_files({"name": "scratch", "emptyDir": {}}, POD, LOOKUPS) is None
     assert rendered_files({"name": "host", "hostPath": {"path": "/data"}}, POD, LOOKUPS) is None
-    with pytest.raises(VolumeError, match="does not support persistentVolumeClaim"):
-        rendered_files({"name": "pvc", "persistentVolumeClaim": {"claimName": "x"}}, POD, LOOKUPS)
+    assert rendered_files({"name": "pvc", "persistentVolumeClaim": {"claimName": "x"}}, POD, LOOKUPS) is None
+    with pytest.raises(VolumeError, match="does not support nfs"):
+        rendered_files({"name": "share", "nfs": {"server": "nas", "path": "/"}}, POD, LOOKUPS)
+
+
+def claim(name: str, volume_name: str = "", phase: str = "Pending", **metadata: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "namespace": "team-a", "uid": f"uid-{name}", **metadata},
+        "spec": {"volumeName": volume_name} if volume_name else {},
+        "status": {"phase": phase},
+    }
+
+
+def persistent_volume(name: str, claim_uid: str, source: dict[str, Any]) -> dict[str, Any]:
+    return {"metadata": {"name": name}, "spec": {"claimRef": {"uid": claim_uid}, **source}}
+
+
+def pod_with_claims(*claims: str, read_only: bool = False) -> dict[str, Any]:
+    volumes = [
+        {"name": f"v-{c}", "persistentVolumeClaim": {"claimName": c, "readOnly": read_only}} for c in claims
+    ]
+    return {**POD, "spec": {**POD["spec"], "volumes": [*volumes, {"name": "scratch", "emptyDir": {}}]}}
+
+
+def test_a_bound_claim_mounts_its_volumes_host_folder() -> None:
+    """As the kubelet does, a claim volume is its bound PersistentVolume's source: hostPath as it is, a local
+    volume as a folder that must exist."""
+    lookups = VolumeLookups(
+        claims={"data": claim("data", "pv-1", "Bound"), "logs": claim("logs", "pv-2", "Bound")},
+        persistent_volumes={
+            "pv-1": persistent_volume(
+                "pv-1", "uid-data", {"hostPath": {"path": "/v/a", "type": "DirectoryOrCreate"}}
+            ),
+            "pv-2": persistent_volume("pv-2", "uid-logs", {"local": {"path": "/v/b"}}),
+        },
+    )
+    pod = pod_with_claims("data", "logs")
+    assert claim_names(pod) == {"data", "logs"}
+    sources = claim_sources(pod, lookups)
+    assert sources == {
+        "v-data": {"path": "/v/a", "type": "DirectoryOrCreate"},
+        "v-logs": {"path": "/v/b", "type": "Directory"},
+    }
+    assert with_claim_sources(pod, sources)["spec"]["volumes"] == [
+        {"name": "v-data", "hostPath": {"path": "/v/a", "type": "DirectoryOrCreate"}},
+        {"name": "v-logs", "hostPath": {"path": "/v/b", "type": "Directory"}},
+        {"name": "scratch", "emptyDir": {}},
+    ]
+    assert pod["spec"]["volumes"][0]["persistentVolumeClaim"]  # the pod itself is left as it is
+
+
+@pytest.mark.parametrize(
+    ("claims", "volumes", "problem"),
+    [
+        ({}, {}, 'failed to fetch PVC from API server: persistentvolumeclaims "data" not found'),
+        (
+            {"data": claim("data")},
+            {},
+            "PVC team-a/data has non-bound phase ('Pending') or empty pvc.Spec.VolumeName ('')",
+        ),
+        (
+            {"data": claim("data", "pv-1", "Bound", deletionTimestamp="2026-01-01T00:00:00Z")},
+            {},
+            "can't start pod because PVC team-a/data is being deleted",
+        ),
+        (
+            {"data": claim("data", "pv-1", "Bound")},
+            {},
+            'failed to fetch PV pv-1 from API server: persistentvolumes "pv-1" not found',
+        ),
+        (
+            {"data": claim("data", "pv-1", "Bound")},
+            {"pv-1": persistent_volume("pv-1", "uid-other", {"hostPath": {"path": "/v/a"}})},
+            "found PV object 'pv-1' but its ClaimRef.UID ('uid-other') points to a different "
+            "PVC.UID ('uid-data')",
+        ),
+        (
+            {"data": claim("data", "pv-1", "Bound")},
+            {"pv-1": persistent_volume("pv-1", "uid-data", {"nfs": {"server": "nas", "path": "/"}})},
+            "PV pv-1 is neither a hostPath nor a local volume, the kinds the local node mounts",
+        ),
+    ],
+)
+def test_a_claim_that_cannot_be_mounted_yet_holds_the_pod_with_the_kubelets_words(
+    claims: dict[str, Any], volumes: dict[str, Any], problem: str
+) -> None:
+    lookups = VolumeLookups(claims=claims, persistent_volumes=volumes)
+    with pytest.raises(ClaimError) as raised:
+        claim_sources(pod_with_claims("data"), lookups)
+    assert str(raised.value) == (
+        "Unable to attach or mount volumes: unmounted volumes=[v-data]: "
+        f"error processing PVC team-a/data: {problem}"
+    )
+
+
+def test_claims_and_host_paths_bind_real_folders_and_read_only_claims_mount_read_only() -> None:
+    writable = pod_with_claims("a")["spec"]["volumes"][0]
+    read_only = pod_with_claims("a", read_only=True)["spec"]["volumes"][0]
+    assert binds_host_folder(writable) and binds_host_folder({"name": "h", "hostPath": {"path": "/x"}})
+    assert not binds_host_folder({"name": "e", "emptyDir": {}})
+    assert read_only_volume(read_only) and not read_only_volume(writable)
+    assert read_only_volume({"name": "c", "configMap": {"name": "x"}})
+    assert not read_only_volume({"name": "e", "emptyDir": {}})
 
 
 def test_write_atomically_switches_data_link_and_links_top_level_names(tmp_path: Path) -> None:

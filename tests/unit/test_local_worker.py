@@ -1,11 +1,16 @@
-"""The pod worker's pure rules: the kubelet's crash back-off and when a container is restarted."""
+"""The pod worker, the orchestrator of a pod's life on the node: the kubelet's crash back-off, and one sync
+pass of a pod the node refuses, run without a cluster (the Kubernetes API is a small fake, nodefakes.py; the
+pod's folders are real, under a temporary directory)."""
 
 from __future__ import annotations
 
-import pytest
+import asyncio
+from pathlib import Path
 
-from mlplatform.local.node.status import Attempt
-from mlplatform.local.node.worker import MAX_BACKOFF_SECONDS, backoff_seconds, should_restart
+import aiohttp
+
+from mlplatform.local.node.worker import MAX_BACKOFF_SECONDS, PodWorker, backoff_seconds
+from nodefakes import FakeNodeApi, pod_context, pod_manifest
 
 
 def test_backoff_restarts_at_once_then_doubles_from_ten_seconds_up_to_five_minutes() -> None:
@@ -14,28 +19,24 @@ def test_backoff_restarts_at_once_then_doubles_from_ten_seconds_up_to_five_minut
     assert backoff_seconds(100) == MAX_BACKOFF_SECONDS == 300
 
 
-def ended(code: int) -> Attempt:
-    return Attempt(0, "mlplatform://x", "2026-01-01T00:00:00Z", "2026-01-01T00:00:01Z", code, "Error")
+def test_a_refused_pod_waits_with_the_reason_reported_and_nothing_of_it_starts(tmp_path: Path) -> None:
+    api = FakeNodeApi()
+    container = {"name": "app", "image": "app:1", "ports": [{"containerPort": 80, "hostPort": 8080}]}
 
+    async def scenario() -> PodWorker:
+        async with aiohttp.ClientSession() as http:
+            context = pod_context(tmp_path, api, http, pod_manifest(container))
+            worker = PodWorker(context.node, context.manifest)
+            assert await worker.sync() is False
+            return worker
 
-@pytest.mark.parametrize(
-    ("policy", "code", "init", "expected"),
-    [
-        ("Never", 1, False, False),
-        ("Never", 0, False, False),
-        ("Never", 1, True, False),
-        ("OnFailure", 1, False, True),
-        ("OnFailure", 137, False, True),
-        ("OnFailure", 0, False, False),
-        ("Always", 0, False, True),
-        ("Always", 1, False, True),
-        # An init container that succeeded is done, whatever the pod's policy; a failed one is retried.
-        ("Always", 0, True, False),
-        ("Always", 1, True, True),
-        ("OnFailure", 0, True, False),
-    ],
-)
-def test_should_restart_follows_the_restart_policy(
-    policy: str, code: int, init: bool, expected: bool
-) -> None:
-    assert should_restart(policy, ended(code), init) is expected
+    worker = asyncio.run(scenario())
+    status = api.statuses[-1]
+    assert status["phase"] == "Pending"
+    waiting = status["containerStatuses"][0]["state"]["waiting"]
+    assert waiting["reason"] == "CreateContainerConfigError"
+    assert "hostPort" in waiting["message"]
+    assert api.events[0][:2] == ("Warning", "Failed")
+    assert worker.reported == status
+    assert not worker.pod.layout.sandbox_file.exists()
+    assert worker.pod.layout.pod_file.exists()  # the log endpoint finds the pod

@@ -88,6 +88,7 @@ def ldflags(binary: GoBinary) -> list[str]:
         "helm": lambda v: [f"-X helm.sh/helm/v3/internal/version.version={v}"],
         "minio": _minio_ldflags,
         "coredns": lambda v: [f"-X github.com/coredns/coredns/coremain.GitCommit={v}"],
+        "local-path-provisioner": lambda v: [f"-X main.VERSION={v}"],
     }
     stamp = stamps.get(binary.wrapper)
     return ["-s", "-w", *(stamp(version) if stamp else [])]
@@ -109,6 +110,12 @@ BINARIES: dict[str, GoBinary] = {
     "helm": GoBinary("helm", "helm", "helm.sh/helm/v3/cmd/helm", "helm.sh/helm/v3"),
     "coredns": GoBinary("coredns", "coredns", "github.com/coredns/coredns", "github.com/coredns/coredns"),
     "minio": GoBinary("minio", "minio", "github.com/minio/minio", "github.com/minio/minio"),
+    "local-path-provisioner": GoBinary(
+        "local-path-provisioner",
+        "local-path-provisioner",
+        "github.com/rancher/local-path-provisioner",
+        "github.com/rancher/local-path-provisioner",
+    ),
 }
 
 
@@ -162,8 +169,8 @@ def go_toolchain() -> str:
     go = shutil.which("go")
     if go is None:
         raise LocalError(
-            "the Go toolchain ('go') is not on PATH; it builds the Kubernetes, etcd, helm, CoreDNS and "
-            "MinIO binaries once on first use (install Go 1.25 or newer)"
+            "the Go toolchain ('go') is not on PATH; it builds the Kubernetes, etcd, helm, CoreDNS, "
+            "MinIO and local-path-provisioner binaries once on first use (install Go 1.25 or newer)"
         )
     return go
 

@@ -1,10 +1,13 @@
-"""Images without a container engine: each image maps to a folder, and runs in a virtual environment.
+"""Images without a container engine: each image maps to a folder, run in a venv or with host programs.
 
 `local-images.yaml` (repository root) maps an image repository to the folder it is built from. The
-folder's Dockerfile is the one source of truth for what the image runs: its ENTRYPOINT and CMD (exec
-form), WORKDIR, ENV, USER and where `COPY . <path>` puts the folder. Its requirements.txt is what the
-image installs; the local platform builds the same into a virtual environment, once, cached by the hash
-of that file.
+folder's Dockerfile is the one source of truth for what the image runs: its ENTRYPOINT and CMD
+(exec form), WORKDIR, ENV, USER, STOPSIGNAL and where `COPY . <path>` puts the folder. A Dockerfile
+line the map cannot reproduce (RUN, ADD, ARG, another COPY) is refused unless a `# local node: <why>`
+comment just above it says how the map covers it. Most images install their requirements.txt: the
+local platform builds the same into a virtual environment, once, cached by the hash of that file. An
+entry with `programs: host` runs the host's programs as the pod sees them instead (no venv), with
+platform-built `binaries` bound where the real image has them and `directories` the real image makes.
 """
 
 from __future__ import annotations
@@ -19,22 +22,27 @@ import posixpath
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from mlplatform.local.errors import LocalError
-from mlplatform.local.gobuild import building, format_seconds
+from mlplatform.local.gobuild import BINARIES, building, ensure_binary, format_seconds
 
 REPO_ROOT = Path(__file__).resolve().parents[4]
 IMAGE_MAP_FILE = "local-images.yaml"
 ENV_MANIFEST = ".mlplatform-env.json"
 PYTHON_NAMES = ("python", "python3", f"python{sys.version_info.major}.{sys.version_info.minor}")
 _VARIABLE = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
+COVERED_MARKER = re.compile(r"#\s*local node:\s*(\S.*)$")  # a comment saying how the map covers a line
+UNREPRODUCIBLE = frozenset({"RUN", "ADD", "ARG"})  # and any COPY but `COPY . <path>`
+SHOWN_LINE = 100  # characters of a refused line a message quotes
 Log = Callable[[str], None]
 
 
@@ -48,6 +56,7 @@ class DockerfileSettings:
     env: Mapping[str, str] = field(default_factory=dict)
     code_path: str | None = None
     user: str | None = None
+    stop_signal: int = signal.SIGTERM
 
 
 @dataclass(frozen=True)
@@ -55,13 +64,18 @@ class ImageEnvironment:
     """One image the local platform can run: its folder and what its Dockerfile runs."""
 
     image: str  # the repository as users write it, e.g. "mlplatform/trainer-sklearn"
-    context: Path  # the folder with Dockerfile and requirements.txt
+    context: Path  # the folder with the Dockerfile (and requirements.txt, unless host programs)
     entrypoint: tuple[str, ...] = ()
     cmd: tuple[str, ...] = ()
     working_dir: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
     code_path: str | None = None  # where the image puts the folder (the node bind-mounts `context` there)
     user: str | None = None  # the Dockerfile's USER, if any
+    stop_signal: int = signal.SIGTERM  # the Dockerfile's STOPSIGNAL: what stopping the container sends
+    host_programs: bool = False  # no venv: the command runs the host's programs (map: `programs: host`)
+    binaries: Mapping[str, str] = field(default_factory=dict)  # path in the container -> gobuild binary
+    directories: Mapping[str, int] = field(default_factory=dict)  # path in the container -> its mode
+    refusal: str | None = None  # why the node cannot run this image (e.g. a RUN line); None if it can
 
     @property
     def requirements(self) -> Path:
@@ -73,28 +87,85 @@ class ImageEnvironment:
         return (*self.entrypoint, *self.cmd)
 
 
+@dataclass(frozen=True)
+class PreparedImage:
+    """What the node made ready for an image: its venv (None for host programs), its binaries' files."""
+
+    image: str
+    venv: Path | None
+    binaries: Mapping[str, Path] = field(default_factory=dict)  # path in the container -> host file
+
+    @property
+    def host_folders(self) -> list[Path]:
+        """The host folders a pod must see for this image: its venv and its binaries' folders."""
+        return [*([self.venv] if self.venv else []), *(file.parent for file in self.binaries.values())]
+
+    @property
+    def image_id(self) -> str:
+        """The imageID a pod's status reports: the built venv, or the image's host programs."""
+        built = self.venv.name if self.venv else f"{self.image.replace('/', '-')}-host-programs"
+        return f"mlplatform-local://{built}"
+
+
+@dataclass(frozen=True)
+class Instruction:
+    keyword: str  # upper case
+    arguments: str
+    line: int  # where it starts, from 1
+    covered: str | None = None  # what a `# local node: …` comment just above says covers it
+
+
 # --- Dockerfile ----------------------------------------------------------------------------------------
 
 
-def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) pairs, with continuation lines joined and comments dropped."""
-    instructions: list[tuple[str, str]] = []
-    pending = ""
-    for raw in text.splitlines():
+def dockerfile_instructions(text: str) -> list[Instruction]:
+    """The instructions, with continuation lines joined and comments dropped; each knows its line and
+    whether the comment block just above it marks it as covered by the map (`# local node: <why>`)."""
+    instructions: list[Instruction] = []
+    pending, start, covered = "", 0, None
+    for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
-        if not pending and (not line or line.startswith("#")):
+        if not pending and not line:
+            covered = None  # a marker belongs to the instruction right below its comment block
             continue
-        if line.startswith("#"):  # a comment inside a continued instruction
+        if line.startswith("#"):  # a comment, alone or inside a continued instruction
+            if not pending and (marker := COVERED_MARKER.match(line)):
+                covered = marker.group(1).strip()
             continue
+        start = start or number
         if line.endswith("\\"):
             pending += line[:-1] + " "
             continue
-        whole = (pending + line).strip()
-        pending = ""
-        if whole:
-            keyword, _, arguments = whole.partition(" ")
-            instructions.append((keyword.upper(), arguments.strip()))
+        keyword, _, arguments = (pending + line).strip().partition(" ")
+        instructions.append(Instruction(keyword.upper(), arguments.strip(), start, covered))
+        pending, start, covered = "", 0, None
     return instructions
+
+
+def refused_line(instruction: Instruction) -> str | None:
+    """Why the image map cannot reproduce this line, or None when it can (or a marker says it is covered)."""
+    if instruction.covered:
+        return None
+    if instruction.keyword == "COPY" and _copied_folder_target(instruction.arguments) is None:
+        what = "a COPY other than `COPY . <path>`"
+    elif instruction.keyword in UNREPRODUCIBLE:
+        what = instruction.keyword
+    else:
+        return None
+    shown = f"{instruction.keyword} {instruction.arguments}"
+    if len(shown) > SHOWN_LINE:
+        shown = shown[: SHOWN_LINE - 1] + "…"
+    return (
+        f"line {instruction.line}: `{shown}`: the local node cannot "
+        f"reproduce {what} (a `# local node: <how the map covers it>` comment just above accepts it, "
+        "e.g. `# local node: handled by requirements.txt`)"
+    )
+
+
+def _copied_folder_target(arguments: str) -> str | None:
+    """Where `COPY . <path>` puts the image's folder; None for any other COPY."""
+    paths = [token for token in shlex.split(arguments) if not token.startswith("--")]
+    return paths[-1] if paths[:-1] == ["."] else None
 
 
 def _command(keyword: str, arguments: str) -> tuple[str, ...]:
@@ -132,16 +203,21 @@ def _env_pairs(arguments: str, defined: Mapping[str, str]) -> dict[str, str]:
 
 
 def parse_dockerfile(text: str) -> DockerfileSettings:
-    """How the final stage of a Dockerfile runs its image."""
+    """How the final stage of a Dockerfile runs its image; LocalError for a line the map cannot reproduce."""
     entrypoint: tuple[str, ...] = ()
     cmd: tuple[str, ...] = ()
     working_dir: str | None = None
     env: dict[str, str] = {}
     code_path: str | None = None
     user: str | None = None
-    for keyword, arguments in dockerfile_instructions(text):
+    stop_signal: int = signal.SIGTERM
+    for instruction in dockerfile_instructions(text):
+        keyword, arguments = instruction.keyword, instruction.arguments
+        if refusal := refused_line(instruction):
+            raise LocalError(refusal)
         if keyword == "FROM":  # only the last stage makes the image
             entrypoint, cmd, working_dir, env, code_path, user = (), (), None, {}, None, None
+            stop_signal = signal.SIGTERM
         elif keyword == "ENTRYPOINT":
             entrypoint = _command(keyword, arguments)
         elif keyword == "CMD":
@@ -152,11 +228,23 @@ def parse_dockerfile(text: str) -> DockerfileSettings:
             env.update(_env_pairs(arguments, env))
         elif keyword == "USER":
             user = arguments
-        elif keyword == "COPY":
-            paths = [token for token in shlex.split(arguments) if not token.startswith("--")]
-            if paths[:-1] == ["."]:
-                code_path = posixpath.normpath(posixpath.join(working_dir or "/", paths[-1]))
-    return DockerfileSettings(entrypoint, cmd, working_dir, env, code_path, user)
+        elif keyword == "STOPSIGNAL":
+            stop_signal = parse_signal(arguments)
+        elif keyword == "COPY" and (target := _copied_folder_target(arguments)) is not None:
+            code_path = posixpath.normpath(posixpath.join(working_dir or "/", target))
+    return DockerfileSettings(entrypoint, cmd, working_dir, env, code_path, user, stop_signal)
+
+
+def parse_signal(name: str) -> int:
+    """A STOPSIGNAL as Docker takes it: a name with or without SIG (SIGINT, INT) or a number."""
+    text = name.strip().upper()
+    if text.isdigit():
+        number = int(text)
+        if number in {s.value for s in signal.Signals}:
+            return number
+    elif (text if text.startswith("SIG") else f"SIG{text}") in signal.Signals.__members__:
+        return signal.Signals[text if text.startswith("SIG") else f"SIG{text}"].value
+    raise LocalError(f"STOPSIGNAL {name}: not a signal")
 
 
 # --- the image map -------------------------------------------------------------------------------------
@@ -168,10 +256,28 @@ def default_image_map() -> Path:
     return REPO_ROOT / IMAGE_MAP_FILE
 
 
-def image_environment(image: str, context: Path) -> ImageEnvironment:
+def image_environment(
+    image: str,
+    context: Path,
+    *,
+    host_programs: bool = False,
+    binaries: Mapping[str, str] | None = None,
+    directories: Mapping[str, int] | None = None,
+) -> ImageEnvironment:
+    """The image built from `context`; LocalError naming the problem if the node cannot run it."""
     dockerfile = context / "Dockerfile"
-    if not dockerfile.is_file() or not (context / "requirements.txt").is_file():
-        raise LocalError(f"image {image}: {context} needs a Dockerfile and a requirements.txt")
+    has_requirements = (context / "requirements.txt").is_file()
+    if not dockerfile.is_file():
+        raise LocalError(f"image {image}: {context} has no Dockerfile")
+    if host_programs == has_requirements:
+        needs = "no requirements.txt (it runs host programs)" if host_programs else "a requirements.txt"
+        raise LocalError(f"image {image}: {context} needs {needs}")
+    for name in (binaries or {}).values():
+        if name not in BINARIES:
+            raise LocalError(f"image {image}: no platform binary {name!r} (known: {', '.join(BINARIES)})")
+    for path in [*(binaries or {}), *(directories or {})]:
+        if not posixpath.isabs(path):
+            raise LocalError(f"image {image}: {path!r} is not an absolute path in the container")
     try:
         settings = parse_dockerfile(dockerfile.read_text())
     except LocalError as exc:
@@ -185,11 +291,38 @@ def image_environment(image: str, context: Path) -> ImageEnvironment:
         env=settings.env,
         code_path=settings.code_path,
         user=settings.user,
+        stop_signal=settings.stop_signal,
+        host_programs=host_programs,
+        binaries=dict(binaries or {}),
+        directories=dict(directories or {}),
+    )
+
+
+def map_entry(entry: Mapping[str, Any], base: Path) -> ImageEnvironment:
+    """One entry of the map file (folder relative to `base`); LocalError if the node cannot run it."""
+    image, context = str(entry["image"]), (base / str(entry["folder"])).resolve()
+    programs = entry.get("programs", "venv")
+    if programs not in ("venv", "host"):
+        raise LocalError(f"image {image}: `programs` is `venv` (the default) or `host`, not {programs!r}")
+    binaries, directories = entry.get("binaries") or {}, entry.get("directories") or {}
+    if not isinstance(binaries, dict) or not isinstance(directories, dict):
+        raise LocalError(f"image {image}: `binaries` and `directories` map container paths to values")
+    try:
+        modes = {str(path): int(str(mode), 8) for path, mode in directories.items()}
+    except ValueError as exc:
+        raise LocalError(f'image {image}: a directory\'s mode is octal, as in "1777": {exc}') from exc
+    return image_environment(
+        image,
+        context,
+        host_programs=programs == "host",
+        binaries={str(path): str(name) for path, name in binaries.items()},
+        directories=modes,
     )
 
 
 def load_image_map(path: Path | None = None) -> list[ImageEnvironment]:
-    """Every image of the map file (default: local-images.yaml at the repository root)."""
+    """Every image of the map file (default: local-images.yaml at the repository root). An image the node
+    cannot run (say, its Dockerfile has a RUN line) is kept with its `refusal`: pods of it fail, not all."""
     path = path or default_image_map()
     try:
         data = yaml.safe_load(path.read_text())
@@ -202,8 +335,24 @@ def load_image_map(path: Path | None = None) -> list[ImageEnvironment]:
     for entry in entries:
         if not isinstance(entry, dict) or not {"image", "folder"} <= entry.keys():
             raise LocalError(f"{path}: every image needs `image` and `folder`, not {entry!r}")
-        images.append(image_environment(str(entry["image"]), (path.parent / str(entry["folder"])).resolve()))
+        try:
+            images.append(map_entry(entry, path.parent))
+        except LocalError as exc:
+            context = (path.parent / str(entry["folder"])).resolve()
+            images.append(ImageEnvironment(str(entry["image"]), context, refusal=exc.message))
     return images
+
+
+def pull_failure(image: str, environment: ImageEnvironment | None) -> str | None:
+    """The ErrImagePull message for a pod's image, or None when the node can run it."""
+    if environment is None:
+        return (
+            f'Failed to pull image "{image}": the local node has no environment for it '
+            "(images it can run are listed in local-images.yaml)"
+        )
+    if environment.refusal:
+        return f'Failed to pull image "{image}": {environment.refusal}'
+    return None
 
 
 def repository(reference: str) -> str:
@@ -229,8 +378,9 @@ def resolve_image(image: str, image_map: Sequence[ImageEnvironment]) -> ImageEnv
     return next((entry for entry in image_map if repository(entry.image) == wanted), None)
 
 
-def host_command(env: ImageEnvironment, venv: Path, argv: Sequence[str] | None = None) -> list[str]:
-    """`argv` (default: the image's command) as run on this host: the venv's Python, the folder's files."""
+def host_command(env: ImageEnvironment, venv: Path | None, argv: Sequence[str] | None = None) -> list[str]:
+    """`argv` (default: the image's command) as run on this host: the venv's Python (if the image has a
+    venv), the folder's files."""
 
     def translate(arg: str) -> str:
         if env.code_path and (arg == env.code_path or arg.startswith(env.code_path + "/")):
@@ -238,7 +388,7 @@ def host_command(env: ImageEnvironment, venv: Path, argv: Sequence[str] | None =
         return arg
 
     command = list(env.command if argv is None else argv)
-    if command and command[0] in PYTHON_NAMES:
+    if venv is not None and command and command[0] in PYTHON_NAMES:
         command[0] = str(venv / "bin" / "python")
     return [translate(arg) for arg in command]
 
@@ -351,3 +501,11 @@ def ensure_environment(env: ImageEnvironment, cache_dir: Path, log: Log = print)
                 raise
         log(f"built environment for {env.image} in {format_seconds(elapsed())}")
     return target
+
+
+def ensure_image(env: ImageEnvironment, cache_dir: Path, log: Log = print) -> PreparedImage:
+    """What the node needs before it runs `env`: its venv (unless it runs host programs) and the platform
+    binaries it names, each built once and cached."""
+    venv = None if env.host_programs else ensure_environment(env, cache_dir, log)
+    binaries = {path: ensure_binary(BINARIES[name], cache_dir, log) for path, name in env.binaries.items()}
+    return PreparedImage(env.image, venv, binaries)

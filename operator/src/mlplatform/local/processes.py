@@ -23,6 +23,7 @@ from pathlib import Path
 import psutil
 
 from mlplatform.local.errors import LocalError
+from mlplatform.local.node import linux
 
 Check = Callable[[], str | None]
 """A readiness probe: returns None when ready, or a short reason why not."""
@@ -62,9 +63,12 @@ class ProcessSpec:
 
 @dataclass(frozen=True)
 class ProcessRecord:
+    """A started process: its PID and start time in clock ticks since boot, which, unlike a time derived
+    from the wall clock, stays put when the clock is stepped (so a live service never reads as stopped)."""
+
     name: str
     pid: int
-    create_time: float
+    start_ticks: int
 
     def orphans(self) -> list[psutil.Process]:
         """What the process left running after it died: members of its process group started after it.
@@ -74,12 +78,12 @@ class ProcessRecord:
         if self.process() is not None:
             return []
         found = []
-        for proc in psutil.process_iter(["pid", "create_time"]):
+        for proc in psutil.process_iter(["pid"]):
             try:
                 if (
                     proc.pid != self.pid  # the leader itself, a zombie at most
                     and os.getpgid(proc.pid) == self.pid
-                    and proc.info["create_time"] >= self.create_time - 0.01
+                    and linux.start_ticks(proc.pid) >= self.start_ticks
                 ):
                     found.append(proc)
             except (ProcessLookupError, psutil.Error):
@@ -88,11 +92,10 @@ class ProcessRecord:
 
     def process(self) -> psutil.Process | None:
         """The live process this record names, or None if it has exited (or its PID was reused)."""
+        if not linux.is_same(self.pid, self.start_ticks):
+            return None
         try:
-            proc = psutil.Process(self.pid)
-            if abs(proc.create_time() - self.create_time) > 0.01 or proc.status() == psutil.STATUS_ZOMBIE:
-                return None
-            return proc
+            return psutil.Process(self.pid)
         except psutil.Error:
             return None
 
@@ -123,7 +126,7 @@ class ProcessTable:
     def record(self, name: str) -> ProcessRecord | None:
         try:
             data = json.loads(self._pid_file(name).read_text())
-            return ProcessRecord(name, int(data["pid"]), float(data["create_time"]))
+            return ProcessRecord(name, int(data["pid"]), int(data["start_ticks"]))
         except (OSError, ValueError, KeyError):
             return None
 
@@ -153,9 +156,9 @@ class ProcessTable:
                 )
             except OSError as exc:
                 raise LocalError(f"cannot start {spec.name}: {exc}") from exc
-        record = ProcessRecord(spec.name, popen.pid, psutil.Process(popen.pid).create_time())
+        record = ProcessRecord(spec.name, popen.pid, linux.start_ticks(popen.pid))
         self._pid_file(spec.name).write_text(
-            json.dumps({"pid": record.pid, "create_time": record.create_time})
+            json.dumps({"pid": record.pid, "start_ticks": record.start_ticks})
         )
         return record
 

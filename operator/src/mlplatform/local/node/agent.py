@@ -14,6 +14,7 @@ import platform
 import shutil
 import signal
 import ssl
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,8 @@ from mlplatform.local.node import runtime
 from mlplatform.local.node.api import NodeApi, now, retry_forever, rfc3339
 from mlplatform.local.node.layout import NodeLayout
 from mlplatform.local.node.logserver import LogServer, tls_context
-from mlplatform.local.node.worker import NodeContext, PodWorker
+from mlplatform.local.node.podcontext import NodeContext
+from mlplatform.local.node.worker import PodWorker
 
 Manifest = dict[str, Any]
 log = logging.getLogger(__name__)
@@ -39,19 +41,102 @@ LEASE_RENEW_SECONDS = 10
 STATUS_SECONDS = 60
 MAX_PODS = 110
 NODE_LABEL = "mlplatform.dev/local-node"
+# The kubelet's default hard eviction thresholds: below them it reports pressure (and evicts).
+MEMORY_AVAILABLE_MIN = 100 * 1024 * 1024  # memory.available<100Mi
+DISK_AVAILABLE_MIN_SHARE = 0.10  # nodefs.available<10%
+INODES_FREE_MIN_SHARE = 0.05  # nodefs.inodesFree<5%
+PIDS_AVAILABLE_MIN_SHARE = 0.05  # pid.available has no default in the kubelet: as for inodes
+# For each pressure condition, (reason, message) without and with pressure: the kubelet's own words.
+PRESSURE_WORDS: dict[str, tuple[tuple[str, str], tuple[str, str]]] = {
+    "MemoryPressure": (
+        ("KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+        ("KubeletHasInsufficientMemory", "kubelet has insufficient memory available"),
+    ),
+    "DiskPressure": (
+        ("KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+        ("KubeletHasDiskPressure", "kubelet has disk pressure"),
+    ),
+    "PIDPressure": (
+        ("KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+        ("KubeletHasInsufficientPID", "kubelet has insufficient PID available"),
+    ),
+}
+READY = ("KubeletReady", "mlplatform local node is posting ready status")
+
+
+@dataclass(frozen=True)
+class MachineFigures:
+    """What the node's pressure conditions are computed from (bytes, inodes, threads)."""
+
+    memory_available: int
+    disk_available: int
+    disk_total: int
+    inodes_free: int
+    inodes_total: int  # 0 on filesystems without a fixed inode count (btrfs): never under pressure
+    pids_in_use: int
+    pids_max: int
+
+
+def _meminfo_bytes(key: str) -> int:
+    line = next(line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith(f"{key}:"))
+    return int(line.split()[1]) * 1024
+
+
+def machine_figures(state_dir: Path) -> MachineFigures:
+    """The machine's figures now: available memory, the state directory's filesystem, threads in use."""
+    disk = os.statvfs(state_dir)
+    threads_in_use = int(Path("/proc/loadavg").read_text().split()[3].split("/")[1])
+    pids_max = min(int(_read("/proc/sys/kernel/pid_max")), int(_read("/proc/sys/kernel/threads-max")))
+    return MachineFigures(
+        memory_available=_meminfo_bytes("MemAvailable"),
+        disk_available=disk.f_bavail * disk.f_frsize,
+        disk_total=disk.f_blocks * disk.f_frsize,
+        inodes_free=disk.f_favail,
+        inodes_total=disk.f_files,
+        pids_in_use=threads_in_use,
+        pids_max=pids_max,
+    )
+
+
+def pressures(figures: MachineFigures) -> dict[str, bool]:
+    """Which pressure conditions hold, by the kubelet's default eviction thresholds."""
+    return {
+        "MemoryPressure": figures.memory_available < MEMORY_AVAILABLE_MIN,
+        "DiskPressure": figures.disk_available < DISK_AVAILABLE_MIN_SHARE * figures.disk_total
+        or figures.inodes_free < INODES_FREE_MIN_SHARE * figures.inodes_total,
+        "PIDPressure": figures.pids_max - figures.pids_in_use < PIDS_AVAILABLE_MIN_SHARE * figures.pids_max,
+    }
+
+
+def node_conditions(pressure: dict[str, bool], previous: list[Manifest], stamp: str) -> list[Manifest]:
+    """The node's conditions as the kubelet reports them; a condition whose status is unchanged keeps
+    its lastTransitionTime."""
+    transitions = {c["type"]: (c["status"], c.get("lastTransitionTime")) for c in previous}
+
+    def condition(kind: str, status: bool, words: tuple[str, str]) -> Manifest:
+        text = str(status)
+        before, since = transitions.get(kind, ("", None))
+        return {
+            "type": kind,
+            "status": text,
+            "reason": words[0],
+            "message": words[1],
+            "lastHeartbeatTime": stamp,
+            "lastTransitionTime": since if before == text and since else stamp,
+        }
+
+    return [
+        *(condition(kind, pressure[kind], words[pressure[kind]]) for kind, words in PRESSURE_WORDS.items()),
+        condition("Ready", True, READY),
+    ]
 
 
 def machine_capacity(state_dir: Path) -> dict[str, str]:
     """What the machine offers pods: its cores, memory and disk, and a pod count like the kubelet's."""
-    memory_kib = next(
-        int(line.split()[1])
-        for line in Path("/proc/meminfo").read_text().splitlines()
-        if line.startswith("MemTotal:")
-    )
     disk = shutil.disk_usage(state_dir)
     return {
         "cpu": str(os.cpu_count() or 1),
-        "memory": f"{memory_kib}Ki",
+        "memory": f"{_meminfo_bytes('MemTotal') // 1024}Ki",
         "pods": str(MAX_PODS),
         "ephemeral-storage": f"{disk.total // 1024}Ki",
     }
@@ -77,32 +162,13 @@ def node_manifest(config: LocalConfig) -> Manifest:
     }
 
 
-def node_status(config: LocalConfig, capacity: dict[str, str]) -> Manifest:
-    stamp = rfc3339()
+def node_status(config: LocalConfig, capacity: dict[str, str], conditions: list[Manifest]) -> Manifest:
     kubernetes_version = BINARIES["kube-apiserver"].version
-
-    def condition(kind: str, ok: bool, reason: str, message: str) -> Manifest:
-        return {
-            "type": kind,
-            "status": "True" if ok else "False",
-            "reason": reason,
-            "message": message,
-            "lastHeartbeatTime": stamp,
-            "lastTransitionTime": stamp,
-        }
-
     uname = platform.uname()
     return {
         "capacity": capacity,
         "allocatable": capacity,
-        "conditions": [
-            condition("MemoryPressure", False, "KubeletHasSufficientMemory", "kubelet has sufficient memory"),
-            condition("DiskPressure", False, "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
-            condition(
-                "PIDPressure", False, "KubeletHasSufficientPID", "kubelet has sufficient PID available"
-            ),
-            condition("Ready", True, "KubeletReady", "mlplatform local node is posting ready status"),
-        ],
+        "conditions": conditions,
         "addresses": [
             {"type": "InternalIP", "address": config.network.host_address},
             {"type": "Hostname", "address": config.node_name},
@@ -144,6 +210,7 @@ class NodeAgent:
         self.layout = NodeLayout(self.state.node)
         self.workers: dict[str, PodWorker] = {}
         self.capacity = machine_capacity(config.state_dir)
+        self.conditions: list[Manifest] = []  # as last reported
 
     async def run(self) -> None:
         api = await NodeApi.from_kubeconfig(self.state.kubeconfig("node"), self.config.node_name)
@@ -169,18 +236,29 @@ class NodeAgent:
             if node is None:
                 node = await api.create_node(node_manifest(self.config))
                 log.info("registered node %s", self.config.node_name)
-            await api.patch_node_status(node_status(self.config, self.capacity))
+            self.conditions = (node.get("status") or {}).get("conditions") or []  # keeps transition times
+            await self.report_status(api, pressures(machine_figures(self.config.state_dir)))
             return node
 
         return attempt
 
+    async def report_status(self, api: NodeApi, pressure: dict[str, bool]) -> None:
+        conditions = node_conditions(pressure, self.conditions, rfc3339())
+        await api.patch_node_status(node_status(self.config, self.capacity, conditions))
+        self.conditions = conditions
+
     async def heartbeat(self, api: NodeApi, node_uid: str) -> None:
+        """Renew the lease; check the machine's figures as often, and report the node's status when a
+        condition changes, or at least every STATUS_SECONDS."""
         last_status = now()
         while True:
             try:
                 await api.renew_lease(LEASE_SECONDS, node_uid)
-                if (now() - last_status).total_seconds() >= STATUS_SECONDS:
-                    await api.patch_node_status(node_status(self.config, self.capacity))
+                pressure = pressures(machine_figures(self.config.state_dir))
+                reported = {c["type"]: c["status"] == "True" for c in self.conditions}
+                changed = any(reported.get(kind) != value for kind, value in pressure.items())
+                if changed or (now() - last_status).total_seconds() >= STATUS_SECONDS:
+                    await self.report_status(api, pressure)
                     last_status = now()
             except (ApiException, OSError) as exc:
                 log.warning("node heartbeat failed: %s", exc)

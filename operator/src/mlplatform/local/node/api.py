@@ -164,6 +164,22 @@ class NodeApi:
             raise
         return {k: base64.b64decode(v) for k, v in (raw.get("data") or {}).items()}
 
+    async def persistent_volume_claim(self, namespace: str, name: str) -> Manifest | None:
+        try:
+            return self._plain(await self.core.read_namespaced_persistent_volume_claim(name, namespace))
+        except ApiException as exc:
+            if exc.status in (403, 404):
+                return None
+            raise
+
+    async def persistent_volume(self, name: str) -> Manifest | None:
+        try:
+            return self._plain(await self.core.read_persistent_volume(name))
+        except ApiException as exc:
+            if exc.status in (403, 404):  # 403: the Node authorizer learns of a claim's binding a moment late
+                return None
+            raise
+
     async def services(self, namespace: str) -> list[Manifest]:
         listing = self._plain(await self.core.list_namespaced_service(namespace))
         return listing.get("items") or []

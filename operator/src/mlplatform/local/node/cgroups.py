@@ -1,7 +1,9 @@
 """Control groups for containers: resource limits, OOM detection, and killing whatever a container left.
 
 Works on the hybrid (v1) layout, with memory, cpu and pids controllers mounted separately, and on the
-unified (v2) layout. Standard library only, for the shim.
+unified (v2) layout. On a hybrid layout a container is also placed in the v2 hierarchy mounted beside the
+controllers (it has no controllers but has `cgroup.kill`), so killing a container is one atomic write
+there as on a unified layout. Standard library only, for the shim.
 """
 
 from __future__ import annotations
@@ -9,11 +11,14 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 CGROUP_FS = Path("/sys/fs/cgroup")
+HYBRID_V2 = "unified"  # where a hybrid layout mounts the v2 hierarchy
 CFS_PERIOD_US = 100_000
+KILL_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -32,9 +37,9 @@ def directories(path: str) -> list[Path]:
     if unified():
         return [CGROUP_FS / path]
     return [
-        CGROUP_FS / controller / path
-        for controller in ("memory", "cpu", "pids")
-        if (CGROUP_FS / controller).is_dir()
+        CGROUP_FS / hierarchy / path
+        for hierarchy in ("memory", "cpu", "pids", HYBRID_V2)
+        if (CGROUP_FS / hierarchy).is_dir()
     ]
 
 
@@ -70,7 +75,7 @@ def create(path: str, limits: Limits) -> list[Path]:
             _write(folder / "pids.max", str(limits.pids))
         return folders
     for folder in folders:
-        controller = folder.relative_to(CGROUP_FS).parts[0]
+        controller = folder.relative_to(CGROUP_FS).parts[0]  # the hybrid layout's v2 folder sets no limit
         if controller == "memory" and limits.memory_bytes:
             _write(folder / "memory.limit_in_bytes", str(limits.memory_bytes))
             _write(folder / "memory.memsw.limit_in_bytes", str(limits.memory_bytes))
@@ -110,9 +115,33 @@ def oom_killed(path: str) -> bool:
 
 
 def kill_all(path: str) -> None:
-    for pid in pids(path):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    """SIGKILL every process in the cgroup and the cgroups under it, and nothing else."""
+    kill_files = [folder / "cgroup.kill" for folder in directories(path)]
+    if kill_file := next((f for f in kill_files if f.exists()), None):
+        with contextlib.suppress(FileNotFoundError):  # the cgroup is gone: nothing left to kill
+            kill_file.write_text("1")
+        return
+    deadline = time.monotonic() + KILL_SECONDS  # no cgroup.kill (before Linux 5.14): member by member
+    while (members := pids(path)) and time.monotonic() < deadline:
+        for pid in members:
+            _kill_member(pid, path)
+        time.sleep(0.01)
+
+
+def _kill_member(pid: int, path: str) -> None:
+    """SIGKILL `pid` if it is still in the cgroup once pinned by a pidfd (its PID cannot be reused then)."""
+    try:
+        descriptor = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+        if any(line.endswith(f":/{path}") or f":/{path}/" in line for line in lines):
+            signal.pidfd_send_signal(descriptor, signal.SIGKILL)
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    finally:
+        os.close(descriptor)
 
 
 def remove(path: str) -> None:

@@ -1,30 +1,83 @@
-"""Thin wrappers over the Linux calls a container runtime needs (mount, pivot_root, setns, unshare).
+"""Thin wrappers over the Linux calls a container runtime needs (mount, pivot_root, setns, unshare), and
+signalling a process only if it is still the one that was recorded (a pidfd checked against its start time).
 
 Only the standard library: the sandbox and shim processes import this module and must start quickly.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import platform
+import signal
 
 MS_RDONLY = 0x1
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
 MS_NOEXEC = 0x8
 MS_REMOUNT = 0x20
+MS_NOATIME = 0x400
+MS_NODIRATIME = 0x800
 MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_PRIVATE = 0x40000
+MS_RELATIME = 0x200000
+MS_STRICTATIME = 0x1000000
 MNT_DETACH = 0x2
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWNET = 0x40000000
+CLONE_NEWPID = 0x20000000
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_PDEATHSIG = 1
 PR_CAPBSET_DROP = 24
+LAST_CAPABILITY = 63  # dropping every number up to here drops any capability a kernel may have
+# The capabilities by number (capability.h), named as a securityContext names them.
+CAPABILITIES = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+]
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -83,3 +136,49 @@ def setns(fd: int, nstype: int = 0) -> None:
 
 def prctl(option: int, value: int) -> None:
     _check(_libc.prctl(option, ctypes.c_ulong(value), 0, 0, 0), f"prctl {option}")
+
+
+# --- processes, by PID and start time -------------------------------------------------------------------
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat from its third field on (after the command name, which may hold spaces)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            text = handle.read()
+    except FileNotFoundError as exc:
+        raise ProcessLookupError(pid) from exc
+    return text.rpartition(")")[2].split()
+
+
+def start_ticks(pid: int) -> int:
+    """When the process started, in clock ticks since boot: unlike a time derived from the wall clock, a
+    step of the clock (a virtual machine's clock being synchronised) does not change it."""
+    return int(_stat_fields(pid)[19])
+
+
+def is_same(pid: int, ticks: int) -> bool:
+    """Whether `pid` is still the live (not zombie) process that started at `ticks`."""
+    try:
+        fields = _stat_fields(pid)
+    except ProcessLookupError:
+        return False
+    return fields[0] != "Z" and int(fields[19]) == ticks
+
+
+def signal_if_same(pid: int, ticks: int, sig: int) -> bool:
+    """Send `sig` to `pid` only if it is the process that started at `ticks`. The pidfd pins the process
+    before the check, so a PID reused after it cannot receive the signal; returns whether it was sent."""
+    try:
+        descriptor = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return False
+    try:
+        if not is_same(pid, ticks):
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(descriptor, sig)
+            return True
+        return False
+    finally:
+        os.close(descriptor)

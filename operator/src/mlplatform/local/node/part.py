@@ -1,4 +1,4 @@
-"""The local node as a part of the platform: the node agent, kube-proxy and CoreDNS.
+"""The local node as a part of the platform: the node agent, kube-proxy, CoreDNS and the volume provisioner.
 
 kube-proxy (iptables mode) routes ClusterIP Services to ready endpoints, and CoreDNS answers Service
 names for pods; both run on the host, built from the same pinned modules as the control plane.
@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from mlplatform.local import pki
+from mlplatform.local import pki, storage
 from mlplatform.local.config import PLATFORM_NAMESPACE, LocalConfig, StateLayout
 from mlplatform.local.controlplane import kubectl_apply, tls_context, write_private_yaml
 from mlplatform.local.files import write_if_changed
@@ -187,12 +187,12 @@ def node_ready_check(config: LocalConfig, layout: StateLayout) -> Check:
 
 
 class LocalNode:
-    """The node agent, then kube-proxy and CoreDNS."""
+    """The node agent, then kube-proxy, CoreDNS and the volume provisioner."""
 
     name = "local node"
 
     def binaries(self, config: LocalConfig) -> Sequence[str]:
-        return [KUBE_PROXY, COREDNS]
+        return [KUBE_PROXY, COREDNS, storage.PROVISIONER]
 
     def stages(self, config: LocalConfig) -> Sequence[Sequence[Service]]:
         host = config.network.host_address
@@ -234,6 +234,7 @@ class LocalNode:
                     lambda ctx: http_check(f"http://127.0.0.1:{ctx.config.ports.dns_ready}/ready"),
                     lambda c: [(host, c.ports.dns), ("127.0.0.1", c.ports.dns_ready)],
                 ),
+                storage.provisioner_service(),
             ],
         ]
 
@@ -247,6 +248,7 @@ class LocalNode:
         write_private_yaml(layout.root / "kube-proxy.yaml", kube_proxy_config(config, layout))
         write_if_changed(layout.root / "Corefile", corefile(config, layout))
         kubectl_apply(ctx, dns_objects(config))  # CoreDNS needs its read access before it can be ready
+        storage.prepare_storage(ctx)  # the provisioner reads its ConfigMap when it starts
 
     def finish(self, ctx: Context) -> None:
         if ctx.config.stack:

@@ -112,6 +112,7 @@ async def exec_in_container(
         "--mount",
         "--net",
         "--uts",
+        "--pid",  # in the container's own PID namespace, as `kubectl exec` and exec probes are
         "--",
         *command,
         env=dict(target.env),

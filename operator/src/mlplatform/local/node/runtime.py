@@ -23,7 +23,7 @@ from typing import Any
 import psutil
 
 from mlplatform.local.config import Network
-from mlplatform.local.node import cgroups
+from mlplatform.local.node import cgroups, linux
 from mlplatform.local.node.layout import CGROUP_ROOT, NodeLayout, PodLayout
 from mlplatform.local.node.sandbox import SandboxSpec, host_entries, plan_rootfs
 from mlplatform.local.node.shim import ContainerSpec
@@ -39,19 +39,31 @@ class SandboxError(Exception):
 
 @dataclass(frozen=True)
 class ProcessRef:
+    """A process as recorded: its PID and start time (clock ticks since boot), so a reused PID is never
+    taken for it. Recorded as {"pid", "start_ticks"}: in the shim's and sandbox's records, and by the shim
+    in its container's state."""
+
     pid: int
-    create_time: float
+    start_ticks: int
 
     @classmethod
     def of(cls, pid: int) -> ProcessRef:
-        return cls(pid, psutil.Process(pid).create_time())
+        return cls(pid, linux.start_ticks(pid))
+
+    @classmethod
+    def load(cls, record: dict[str, Any]) -> ProcessRef | None:
+        if "start_ticks" in record:
+            return cls(int(record["pid"]), int(record["start_ticks"]))
+        if "create_time" in record:  # written by an earlier node agent, from the wall clock at boot
+            seconds = float(record["create_time"]) - psutil.boot_time()
+            return cls(int(record["pid"]), round(seconds * os.sysconf("SC_CLK_TCK")))
+        return None
 
     def alive(self) -> bool:
-        try:
-            proc = psutil.Process(self.pid)
-            return abs(proc.create_time() - self.create_time) < 0.01 and proc.status() != psutil.STATUS_ZOMBIE
-        except psutil.Error:
-            return False
+        return linux.is_same(self.pid, self.start_ticks)
+
+    def signal(self, sig: int) -> bool:
+        return linux.signal_if_same(self.pid, self.start_ticks, sig)
 
 
 @dataclass(frozen=True)
@@ -66,11 +78,23 @@ class SandboxRecord:
     @classmethod
     def from_json(cls, text: str) -> SandboxRecord:
         data = json.loads(text)
-        return cls(ProcessRef(**data["holder"]), data["ip"], data["veth"])
+        holder = ProcessRef.load(data["holder"])
+        if holder is None:
+            raise ValueError("no sandbox holder recorded")
+        return cls(holder, data["ip"], data["veth"])
 
 
 def pod_cgroup(uid: str) -> str:
     return f"{CGROUP_ROOT}/{uid}"
+
+
+def sandbox_cgroup(uid: str) -> str:
+    """The sandbox holder's own cgroup in the pod's (a leaf: v2 lets no process sit beside child cgroups)."""
+    return f"{pod_cgroup(uid)}/sandbox"
+
+
+def container_cgroup(uid: str, name: str, number: int) -> str:
+    return f"{pod_cgroup(uid)}/{name}-{number}"
 
 
 # --- files a pod sees at /etc -------------------------------------------------------------------------
@@ -226,7 +250,13 @@ def read_sandbox(layout: PodLayout) -> SandboxRecord | None:
 
 
 def create_sandbox(
-    pod: Manifest, layout: PodLayout, node: NodeLayout, network: Network, visible_paths: list[str]
+    pod: Manifest,
+    layout: PodLayout,
+    node: NodeLayout,
+    network: Network,
+    *,
+    visible_paths: list[str],
+    hidden_paths: list[str],
 ) -> SandboxRecord:
     """Start the pod's sandbox: namespaces, root filesystem, network; return its record."""
     host_network = bool(pod["spec"].get("hostNetwork"))
@@ -246,6 +276,7 @@ def create_sandbox(
         layout.tmp,
         layout.volumes,
         visible_paths=visible_paths,
+        hidden_paths=hidden_paths,
         host_paths=host_paths,
     )
     spec = SandboxSpec(pod_hostname(pod), str(layout.rootfs), str(layout.upper), steps, host_network)
@@ -258,6 +289,8 @@ def create_sandbox(
         stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
+    cgroups.create(sandbox_cgroup(layout.uid), cgroups.Limits())
+    cgroups.join(sandbox_cgroup(layout.uid), holder.pid)  # killed with the pod's cgroup, never by PID
     assert holder.stdout is not None
     reply = holder.stdout.readline().decode(errors="replace").strip()
     holder.stdout.close()
@@ -284,9 +317,9 @@ def create_sandbox(
 def destroy_sandbox(layout: PodLayout, node: NodeLayout) -> None:
     """Stop the sandbox: its namespaces, and with them the pod's network interface, go too."""
     record = read_sandbox(layout)
-    if record and record.holder.alive():
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(record.holder.pid, signal.SIGKILL)
+    cgroups.kill_all(sandbox_cgroup(layout.uid))
+    if record:
+        record.holder.signal(signal.SIGKILL)  # a holder an earlier node agent did not put in the cgroup
         _wait_gone(record.holder, 5)
     if record and record.veth:
         subprocess.run(["ip", "link", "delete", record.veth], capture_output=True, check=False)
@@ -344,7 +377,8 @@ def _json(path: Path) -> dict[str, Any] | None:
 
 
 def read_attempt(layout: PodLayout, name: str, number: int) -> Attempt:
-    """What the shim recorded of one attempt; an attempt whose shim vanished is reported as such."""
+    """What the shim recorded of one attempt; an attempt whose shim vanished is reported as such. Reading
+    kills nothing: a container dies with its shim (its parent-death signal), and with its pod's cgroup."""
     attempt = layout.container(name, number)
     cid = container_id(layout.uid, name, number)
     exit_record = _json(attempt.exit_file)
@@ -360,13 +394,9 @@ def read_attempt(layout: PodLayout, name: str, number: int) -> Attempt:
             exit_record.get("message"),
             exit_record.get("signal"),
         )
-    shim = _json(attempt.shim_file)
-    if shim and ProcessRef(**shim).alive():
+    shim = shim_ref(layout, name, number)
+    if shim and shim.alive():
         return Attempt(number, cid, state.get("startedAt"))
-    # The shim is gone without recording an exit: the container's fate is unknown; make sure it is dead.
-    if pid := state.get("pid"):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
     stamp = state.get("startedAt") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return Attempt(
         number,
@@ -379,25 +409,35 @@ def read_attempt(layout: PodLayout, name: str, number: int) -> Attempt:
     )
 
 
+def _process_in(path: Path) -> ProcessRef | None:
+    record = _json(path)
+    return ProcessRef.load(record) if record else None
+
+
 def shim_ref(layout: PodLayout, name: str, number: int) -> ProcessRef | None:
-    shim = _json(layout.container(name, number).shim_file)
-    return ProcessRef(**shim) if shim else None
+    return _process_in(layout.container(name, number).shim_file)
 
 
 def container_pid(layout: PodLayout, name: str, number: int) -> int | None:
-    state = _json(layout.container(name, number).state_file)
-    return int(state["pid"]) if state and "pid" in state else None
+    """The PID of the container's main process while it is that process (checked by its start time)."""
+    process = container_process(layout, name, number)
+    return process.pid if process is not None and process.alive() else None
+
+
+def container_process(layout: PodLayout, name: str, number: int) -> ProcessRef | None:
+    """The container's main process (its PID 1), as its shim recorded it."""
+    return _process_in(layout.container(name, number).state_file)
 
 
 def signal_container(layout: PodLayout, name: str, number: int, sig: int) -> None:
-    """SIGKILL ends the container's whole process group; any other signal goes to its main process alone,
-    as a runtime sends SIGTERM: the process decides what its children get (a shell's trap runs first)."""
-    if (pid := container_pid(layout, name, number)) is not None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            if sig == signal.SIGKILL:
-                os.killpg(pid, sig)
-            else:
-                os.kill(pid, sig)
+    """SIGKILL ends every process of the container, through its cgroup; any other signal goes to its PID 1
+    alone, as a runtime sends SIGTERM: the process decides what its children get (a shell's trap runs
+    first). A PID 1 with no handler for the signal does not get it (the kernel protects a namespace's init),
+    as under any container runtime."""
+    if sig == signal.SIGKILL:
+        cgroups.kill_all(container_cgroup(layout.uid, name, number))
+    elif (process := container_process(layout, name, number)) is not None:
+        process.signal(sig)
 
 
 def _wait_gone(ref: ProcessRef, seconds: float) -> None:
@@ -408,15 +448,9 @@ def _wait_gone(ref: ProcessRef, seconds: float) -> None:
 
 
 def kill_pod(layout: PodLayout, node: NodeLayout) -> None:
-    """Kill every process of a pod at once: containers, shims, sandbox; then its cgroup and IP lease."""
-    shims = []
-    for attempt in layout.attempts():
-        state = _json(attempt.state_file)
-        if state and "pid" in state:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(int(state["pid"]), signal.SIGKILL)
-        if (recorded := _json(attempt.shim_file)) is not None:
-            shims.append(ProcessRef(**recorded))
+    """Kill every process of a pod at once through its cgroup (its containers and its sandbox holder); once
+    the shims have recorded how their containers ended, the sandbox's network; then cgroup and IP lease."""
+    shims = [shim for attempt in layout.attempts() if (shim := _process_in(attempt.shim_file))]
     cgroups.kill_all(pod_cgroup(layout.uid))
     for shim in shims:
         _wait_gone(shim, 5)

@@ -2,7 +2,9 @@
 
 `plan_rootfs` (pure) decides the pod's root filesystem: a tmpfs root where every host directory
 appears as an overlay (the host's files, read through; the pod's writes kept in a pod-private tmpfs),
-fresh /proc, /sys, /dev, /run and /tmp, and the pod's own hosts, resolv.conf and hostname files.
+fresh /proc, /sys, /dev, /run and /tmp, and the pod's own hosts, resolv.conf and hostname files. The
+host's private folders (the user's home, the platform's cache and state) are empty instead, but for the
+environments and image folders the pod runs, bound back read-only.
 `python -m mlplatform.local.node.sandbox SPEC` enters new namespaces, carries the plan out, pivots into
 the new root, reports "ready" on stdout and then waits, like a pause container, until it is killed.
 Standard library only, so a pod starts quickly.
@@ -58,6 +60,20 @@ def under_replaced(path: str) -> bool:
     return len(parts) > 1 and parts[1] in REPLACED
 
 
+def is_within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def outermost(folders: Iterable[str]) -> list[str]:
+    """The folders to cover, sorted, leaving out any inside another (covering a folder covers them too),
+    the root, and those under a folder the pod gets its own of anyway."""
+    kept: list[str] = []
+    for folder in sorted(set(folders)):
+        if folder != "/" and not under_replaced(folder) and not any(is_within(folder, k) for k in kept):
+            kept.append(folder)
+    return kept
+
+
 def plan_rootfs(
     host_entries: Iterable[tuple[str, str | None]],
     pod_etc: Path,
@@ -65,15 +81,24 @@ def plan_rootfs(
     pod_volumes: Path,
     *,
     visible_paths: Sequence[str],
+    hidden_paths: Sequence[str] = (),
     host_paths: Mapping[str, str] | None = None,
 ) -> list[MountStep]:
-    """How to build a pod's root; `visible_paths` (environments, code) must appear at their host paths."""
+    """How to build a pod's root; `visible_paths` (environments, code) must appear at their host paths.
+
+    `hidden_paths` are host folders the pod must not see (the user's home, the platform's state with its
+    keys and credentials): each becomes an empty tmpfs, into which the visible paths it holds are bound
+    back read-only, and nothing else."""
+    hidden = outermost(hidden_paths)
     steps: list[MountStep] = []
     for name, link in host_entries:
         if link is not None:
             steps.append(MountStep("symlink", f"/{name}", source=link))
+        elif f"/{name}" in hidden:
+            steps.append(MountStep("tmpfs", f"/{name}"))
         else:
             steps.append(MountStep("overlay", f"/{name}", source=f"/{name}"))
+    steps += [MountStep("tmpfs", folder) for folder in hidden if folder.count("/") > 1]  # over the overlays
     steps += [
         MountStep("proc", "/proc"),
         MountStep("sysfs", "/sys", readonly=True),
@@ -100,7 +125,7 @@ def plan_rootfs(
         ),
     ]
     for path in visible_paths:
-        if under_replaced(path):
+        if under_replaced(path) or any(is_within(path, folder) for folder in hidden):
             steps.append(MountStep("bind", path, source=path, readonly=True))
         else:
             steps.append(MountStep("traversable", path))

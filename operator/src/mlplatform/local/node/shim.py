@@ -1,9 +1,15 @@
 """The container shim: one process per container attempt, the parent of the container's process.
 
-It joins the pod sandbox's namespaces, gives the container its own mount namespace with its volume
-mounts, applies its cgroup limits and identity, writes its output to the log file in the CRI format,
-and records how it ended (exit code, signal, OOM kill) in `exit.json`. Because the shim, not the node
-agent, waits for the container, an agent restart loses nothing. Standard library only.
+It joins the pod sandbox's network and UTS namespaces and gives the container its own PID namespace
+(its main process is PID 1, with a /proc of its own) and its own mount namespace, a child of the pod's,
+with its volume mounts (and a read-only root if asked); it applies the container's cgroup limits,
+identity and capabilities, writes its output to the log file in the CRI format, and records how it ended
+(exit code, signal, OOM kill) in `exit.json`. Because the shim, not the node agent, waits for the
+container, an agent restart loses nothing; the container dies with its shim. Standard library only, but
+for libseccomp (seccomp.py) when a container asks for the `RuntimeDefault` seccomp profile.
+
+It does in a few system calls what runc would do from an OCI config: a PID namespace is unshared before
+the fork, so the forked child is the namespace's PID 1, and the rest happens in that child before exec.
 
 Run as: python -m mlplatform.local.node.shim SPEC_FILE
 """
@@ -13,16 +19,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import selectors
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mlplatform.local.files import write_if_changed
-from mlplatform.local.node import cgroups, linux
+from mlplatform.local.node import cgroups, linux, seccomp
 from mlplatform.local.node.logs import format_line, tail_content, timestamp
 from mlplatform.local.node.sandbox import HOST_PATHS_IN_POD, VOLUMES_IN_POD
 
@@ -33,6 +41,17 @@ DRAIN_SECONDS = 2.0
 MAX_TERMINATION_MESSAGE = 4096
 FALLBACK_LOG_LINES = 80
 FALLBACK_LOG_BYTES = 2048
+# What a read-only root leaves writable besides the container's own mounts, as a runtime mounts them.
+WRITABLE_UNDER_READ_ONLY_ROOT = ("/proc", "/sys", "/dev", "/etc/hosts", "/etc/hostname", "/etc/resolv.conf")
+MOUNT_OPTION_FLAGS = {
+    "nosuid": linux.MS_NOSUID,
+    "nodev": linux.MS_NODEV,
+    "noexec": linux.MS_NOEXEC,
+    "noatime": linux.MS_NOATIME,
+    "nodiratime": linux.MS_NODIRATIME,
+    "relatime": linux.MS_RELATIME,
+    "strictatime": linux.MS_STRICTATIME,
+}
 
 
 @dataclass(frozen=True)
@@ -48,7 +67,7 @@ class Identity:
     gid: int | None = None
     groups: list[int] = field(default_factory=list)
     no_new_privs: bool = False
-    drop_capabilities: bool = False
+    drop_capabilities: list[str] = field(default_factory=list)  # securityContext names; "ALL": every one
 
 
 @dataclass(frozen=True)
@@ -68,6 +87,8 @@ class ContainerSpec:
     exit_file: str
     termination_log: str = ""  # host path of this attempt's file at terminationMessagePath ("": none)
     fallback_to_logs: bool = False  # terminationMessagePolicy: FallbackToLogsOnError
+    read_only_root: bool = False  # securityContext.readOnlyRootFilesystem
+    seccomp: str | None = None  # the effective seccompProfile: "RuntimeDefault", or None for unconfined
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -85,14 +106,83 @@ def _namespace_fds(pid: int) -> list[tuple[int, int]]:
     return [(os.open(f"/proc/{pid}/ns/{name}", os.O_RDONLY), kind) for name, kind in kinds]
 
 
-def _drop_capabilities() -> None:
-    for capability in range(64):
-        with contextlib.suppress(OSError):
+def capability_numbers(names: Iterable[str]) -> list[int]:
+    """The capabilities `names` (as a securityContext lists them, CAP_ prefix optional) stand for."""
+    wanted = [name.upper().removeprefix("CAP_") for name in names]
+    if "ALL" in wanted:
+        return list(range(linux.LAST_CAPABILITY + 1))
+    unknown = [name for name in wanted if name not in linux.CAPABILITIES]
+    if unknown:
+        raise ValueError(f"unknown capability {unknown[0]!r} in securityContext.capabilities.drop")
+    return [linux.CAPABILITIES.index(name) for name in wanted]
+
+
+def _drop_capabilities(numbers: list[int]) -> None:
+    """Out of the bounding set: what root gets at exec is the bounding set, so root loses them too."""
+    for capability in numbers:
+        with contextlib.suppress(OSError):  # a number past this kernel's last capability
             linux.prctl(linux.PR_CAPBSET_DROP, capability)
 
 
-def _enter(spec: ContainerSpec, namespaces: list[tuple[int, int]], error_fd: int) -> None:
-    """Runs in the forked child before exec: signals, cgroup, namespaces, mounts, working dir, identity."""
+def _unescape(text: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda match: chr(int(match[1], 8)), text)
+
+
+def _under(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def read_only_remounts(mountinfo: str, writable: Iterable[str]) -> list[tuple[str, int]]:
+    """The mounts (point, remount flags) that make up a container's root, to remount read-only: every
+    writable mount in `mountinfo` (/proc/self/mountinfo) but those at or under a `writable` path, keeping
+    each mount's own nosuid/nodev/noexec/atime flags."""
+    kept = list(writable)
+    remounts = []
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        point, options = _unescape(fields[4]), fields[5].split(",")
+        if "ro" in options or any(_under(point, folder) for folder in kept):
+            continue
+        flags = linux.MS_REMOUNT | linux.MS_BIND | linux.MS_RDONLY
+        for option in options:
+            flags |= MOUNT_OPTION_FLAGS.get(option, 0)
+        remounts.append((point, flags))
+    return remounts
+
+
+def _make_root_read_only(mounts: list[Mount]) -> None:
+    writable = [*WRITABLE_UNDER_READ_ONLY_ROOT, *(m.target for m in mounts)]
+    for point, flags in read_only_remounts(Path("/proc/self/mountinfo").read_text(), writable):
+        linux.mount("none", point, None, flags)
+
+
+def _mount_proc() -> None:
+    """A /proc of the container's PID namespace in place of the pod's, in the container's mounts only."""
+    linux.umount("/proc")
+    linux.mount("proc", "/proc", "proc", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC)
+
+
+def _take_identity(identity: Identity, dropped: list[int]) -> None:
+    _drop_capabilities(dropped)
+    if identity.gid is not None or identity.uid is not None:
+        os.setgroups(identity.groups)
+    if identity.gid is not None:
+        os.setgid(identity.gid)
+    if identity.uid is not None:
+        os.setuid(identity.uid)
+    if identity.no_new_privs:
+        linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
+
+
+def _enter(
+    spec: ContainerSpec,
+    namespaces: list[tuple[int, int]],
+    dropped: list[int],
+    syscall_filter: seccomp.SyscallFilter | None,
+    error_fd: int,
+) -> None:
+    """Runs in the forked child, PID 1 of its namespace, before exec: signals, cgroup, namespaces, mounts,
+    working dir, identity, seccomp filter."""
     try:
         _default_signals()
         cgroups.join(spec.cgroup)
@@ -100,24 +190,25 @@ def _enter(spec: ContainerSpec, namespaces: list[tuple[int, int]], error_fd: int
             linux.setns(fd, kind)
         linux.unshare(linux.CLONE_NEWNS)  # the container's own mounts, on top of the pod's root
         linux.make_private("/")
+        _mount_proc()
         for mount in spec.mounts:
             _mount(mount)
         for hidden in (VOLUMES_IN_POD, HOST_PATHS_IN_POD):  # a container sees only the volumes it mounts
             with contextlib.suppress(OSError):
                 linux.umount(hidden)
         os.makedirs(spec.working_dir, exist_ok=True)
+        if spec.read_only_root:
+            _make_root_read_only(spec.mounts)
         os.chdir(spec.working_dir)
-        identity = spec.identity
-        if identity.drop_capabilities:
-            _drop_capabilities()
-        if identity.gid is not None or identity.uid is not None:
-            os.setgroups(identity.groups)
-        if identity.gid is not None:
-            os.setgid(identity.gid)
-        if identity.uid is not None:
-            os.setuid(identity.uid)
-        if identity.no_new_privs:
-            linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
+        # As runc: without no_new_privs, loading a filter takes CAP_SYS_ADMIN, which a change of user takes
+        # away, so it is loaded before; with no_new_privs, last, so the fewest syscalls run under it.
+        if syscall_filter is not None and not spec.identity.no_new_privs:
+            syscall_filter.load()
+        _take_identity(spec.identity, dropped)
+        # Last, as a change of credentials clears it: the container dies with its shim, never outlives it.
+        linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+        if syscall_filter is not None and spec.identity.no_new_privs:
+            syscall_filter.load()
     except OSError as exc:
         os.write(error_fd, str(exc).encode())
         raise
@@ -175,7 +266,8 @@ class LogWriter:
 
 
 def _reap_orphans() -> None:
-    """As a subreaper the shim inherits the container's orphans; collect them so none stays a zombie."""
+    """When the container's PID 1 ends, the kernel kills the rest of its namespace and hands them to the
+    shim, a subreaper; collect them so none stays a zombie."""
     with contextlib.suppress(ChildProcessError):
         while os.waitpid(-1, os.WNOHANG)[0] > 0:
             pass
@@ -261,6 +353,9 @@ def run(spec: ContainerSpec) -> dict[str, object]:
     namespaces = _namespace_fds(spec.sandbox_pid)
     started_at = timestamp()
     try:
+        dropped = capability_numbers(spec.identity.drop_capabilities)
+        syscall_filter = seccomp.filter_for(spec.seccomp)  # built here: the child only loads it
+        linux.unshare(linux.CLONE_NEWPID)  # the shim stays outside; the child it forks next is PID 1
         child = subprocess.Popen(
             spec.argv,
             env=spec.env,
@@ -268,10 +363,10 @@ def run(spec: ContainerSpec) -> dict[str, object]:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             # The shim is single-threaded, so preexec_fn is safe; it is how a child enters the namespaces.
-            preexec_fn=lambda: _enter(spec, namespaces, error_write),  # noqa: PLW1509
+            preexec_fn=lambda: _enter(spec, namespaces, dropped, syscall_filter, error_write),  # noqa: PLW1509
             start_new_session=True,
         )
-    except (OSError, subprocess.SubprocessError) as exc:
+    except (OSError, ValueError, subprocess.SubprocessError) as exc:
         os.close(error_write)
         detail = os.read(error_read, 4096).decode(errors="replace") or str(exc)
         writer.feed("stderr", f"failed to start container {spec.name!r}: {detail}\n".encode())
@@ -287,9 +382,9 @@ def run(spec: ContainerSpec) -> dict[str, object]:
         for fd, _ in namespaces:
             os.close(fd)
     os.close(error_write)
-    write_if_changed(
-        Path(spec.state_file), json.dumps({"pid": child.pid, "shimPid": os.getpid(), "startedAt": started_at})
-    )
+    # The child cannot be reaped before the shim waits for it, so its start time is surely its own.
+    state = {"pid": child.pid, "start_ticks": linux.start_ticks(child.pid), "shimPid": os.getpid()}
+    write_if_changed(Path(spec.state_file), json.dumps({**state, "startedAt": started_at}))
     status = _pump(child, writer, spec.cgroup)
     _reap_orphans()
     writer.close()

@@ -62,6 +62,7 @@ class ContainerView:
     waiting: tuple[str, str] | None = None  # (reason, message) while it does not run
     ready: bool = False
     started: bool = False
+    sidecar: bool = False  # an init container with restartPolicy Always: it runs beside the main ones
 
     @property
     def restart_count(self) -> int:
@@ -72,6 +73,12 @@ class ContainerView:
         """Waiting to run again after a run that ended (the kubelet counts it as stopped, not as waiting)."""
         ended = any(attempt is not None and attempt.finished for attempt in (self.latest, self.previous))
         return self.waiting is not None and ended
+
+    @property
+    def started_and_running(self) -> bool:
+        """Running and started as the kubelet reports `started`: its postStart hook ended, its startup probe
+        passed."""
+        return self.started and self.latest is not None and self.latest.running
 
 
 def container_status(view: ContainerView) -> Manifest:
@@ -94,7 +101,7 @@ def container_status(view: ContainerView) -> Manifest:
         "image": view.image,
         "imageID": view.image_id,
         "ready": view.ready,
-        "started": view.started and bool(latest and latest.running),
+        "started": view.started_and_running,
         "restartCount": view.restart_count,
         "state": state,
         "lastState": last_state,
@@ -104,14 +111,28 @@ def container_status(view: ContainerView) -> Manifest:
     return status
 
 
+def init_done(view: ContainerView) -> bool:
+    """Whether an init container did its part of the init sequence: a sidecar once it started (it keeps
+    running), any other once it succeeded."""
+    if view.sidecar:
+        return view.started_and_running and view.waiting is None
+    return view.latest is not None and view.latest.succeeded and view.waiting is None
+
+
 def init_complete(init_views: Sequence[ContainerView]) -> bool:
-    return all(v.latest is not None and v.latest.succeeded and v.waiting is None for v in init_views)
+    return all(init_done(v) for v in init_views)
 
 
 def init_failed(init_views: Sequence[ContainerView], restart_policy: str) -> bool:
     return restart_policy == "Never" and any(
-        v.latest is not None and v.latest.finished and not v.latest.succeeded for v in init_views
+        not v.sidecar and v.latest is not None and v.latest.finished and not v.latest.succeeded
+        for v in init_views
     )
+
+
+def any_started(views: Sequence[ContainerView]) -> bool:
+    """Whether a main container has run: the init sequence was through (the kubelet's podHasInitialized)."""
+    return any(v.latest is not None for v in views)
 
 
 def phase(
@@ -124,11 +145,17 @@ def phase(
     stopped for good (deleted), so no container restarts whatever the restart policy."""
     if init_failed(init_views, restart_policy):
         return "Failed"
-    if not init_complete(init_views):
+    regular_init = [v for v in init_views if not v.sidecar]
+    if not init_complete(regular_init) or not (any_started(views) or init_complete(init_views)):
         return "Pending"
     running = sum(1 for v in views if v.latest and v.latest.running and v.waiting is None)
     stopped = [v for v in views if (v.latest and v.latest.finished and v.waiting is None) or v.crash_looping]
     waiting = len(views) - running - len(stopped)
+    # A sidecar running counts as running; one that ended (or waits to run again) counts for nothing: the
+    # main containers alone decide whether the pod succeeded.
+    sidecars = [v for v in init_views if v.sidecar]
+    running += sum(1 for v in sidecars if v.latest and v.latest.running and v.waiting is None)
+    waiting += sum(1 for v in sidecars if v.latest is None or (v.waiting and not v.crash_looping))
     if waiting:
         return "Pending"  # as the kubelet: a container that has not started yet keeps the pod Pending
     if running:
@@ -162,11 +189,12 @@ def conditions(
 ) -> list[Manifest]:
     """PodReadyToStartContainers, Initialized, ContainersReady and Ready (readiness gates included)."""
     terminal = pod_phase in ("Succeeded", "Failed")
-    incomplete = [v.name for v in init_views if not (v.latest and v.latest.succeeded)]
-    unready = [v.name for v in views if not v.ready]
+    incomplete = [v.name for v in init_views if not init_done(v)]
+    sidecars = [v for v in init_views if v.sidecar]  # their readiness counts, listed first (kubelet)
+    unready = [v.name for v in [*sidecars, *views] if not v.ready]
     initialized = _condition(
         "Initialized",
-        not incomplete,
+        not incomplete or any_started(views) or pod_phase == "Succeeded",
         "ContainersNotInitialized",
         f"containers with incomplete status: [{' '.join(incomplete)}]",
     )

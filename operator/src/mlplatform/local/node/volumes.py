@@ -3,6 +3,8 @@
 configMap, secret, downwardAPI and projected volumes are rendered to a list of files; the writer puts
 them in place the way the kubelet does — a timestamped folder, a `..data` link switched atomically, and
 a link per top-level name — so a process reading the volume never sees half of an update.
+A persistentVolumeClaim volume is mounted as the kubelet mounts it: as the volume source of the
+PersistentVolume bound to the claim (a hostPath or local folder on this host).
 """
 
 from __future__ import annotations
@@ -41,6 +43,18 @@ class VolumeLookups:
         default_factory=dict
     )  # service-account token per audience ("" = default)
     node_allocatable: Mapping[str, str] = field(default_factory=dict)
+    claims: Mapping[str, Manifest | None] = field(default_factory=dict)  # PersistentVolumeClaims by name
+    persistent_volumes: Mapping[str, Manifest | None] = field(default_factory=dict)  # bound to those claims
+
+
+class ClaimError(VolumeError):
+    """A claim the pod uses cannot be mounted yet (missing, unbound, being deleted)."""
+
+    def __init__(self, volume: str, namespace: str, claim: str, problem: str) -> None:
+        super().__init__(
+            f"Unable to attach or mount volumes: unmounted volumes=[{volume}]: "
+            f"error processing PVC {namespace}/{claim}: {problem}"
+        )
 
 
 def _safe_path(path: str) -> str:
@@ -140,12 +154,98 @@ def rendered_files(volume: Manifest, pod: Manifest, lookups: VolumeLookups) -> l
         )
     if projected := volume.get("projected"):
         return _projected_files(pod, projected, lookups)
-    if "emptyDir" in volume or "hostPath" in volume:
+    if "emptyDir" in volume or binds_host_folder(volume):
         return None
     kinds = sorted(k for k in volume if k != "name")
     raise VolumeError(
         f"volume {volume['name']!r}: the local node does not support {', '.join(kinds)} volumes"
     )
+
+
+def binds_host_folder(volume: Manifest) -> bool:
+    """Whether the pod sees a real host folder (hostPath, or the one a claim's volume is) rather than one
+    the node made for it."""
+    return "hostPath" in volume or "persistentVolumeClaim" in volume
+
+
+def read_only_volume(volume: Manifest) -> bool:
+    """Volumes every mount of which is read-only, whatever the volumeMount says."""
+    rendered = any(k in volume for k in ("configMap", "secret", "projected", "downwardAPI"))
+    return rendered or bool((volume.get("persistentVolumeClaim") or {}).get("readOnly"))
+
+
+def claim_names(pod: Manifest) -> set[str]:
+    volumes = pod["spec"].get("volumes") or []
+    return {v["persistentVolumeClaim"]["claimName"] for v in volumes if "persistentVolumeClaim" in v}
+
+
+def bound_volume_name(claim: Manifest) -> str:
+    """The PersistentVolume a claim is bound to; ValueError in the kubelet's words when there is none."""
+    namespace, name = claim["metadata"]["namespace"], claim["metadata"]["name"]
+    if claim["metadata"].get("deletionTimestamp"):
+        raise ValueError(f"can't start pod because PVC {namespace}/{name} is being deleted")
+    phase = (claim.get("status") or {}).get("phase", "")
+    volume_name: str = claim["spec"].get("volumeName") or ""
+    if phase != "Bound" or not volume_name:
+        raise ValueError(
+            f"PVC {namespace}/{name} has non-bound phase ({phase!r}) or empty pvc.Spec.VolumeName "
+            f"({volume_name!r})"
+        )
+    return volume_name
+
+
+def host_folder_source(volume: Manifest, claim: Manifest) -> Manifest:
+    """The hostPath source that mounts PersistentVolume `volume`, checked to be bound to `claim`."""
+    name, spec = volume["metadata"]["name"], volume["spec"]
+    claim_uid, ref_uid = claim["metadata"]["uid"], (spec.get("claimRef") or {}).get("uid")
+    if ref_uid != claim_uid:
+        raise ValueError(
+            f"found PV object {name!r} but its ClaimRef.UID ({ref_uid!r}) points to a different "
+            f"PVC.UID ({claim_uid!r})"
+        )
+    if "hostPath" in spec:
+        return dict(spec["hostPath"])
+    if "local" in spec:  # a local volume's folder must exist already
+        return {"path": spec["local"]["path"], "type": "Directory"}
+    raise ValueError(f"PV {name} is neither a hostPath nor a local volume, the kinds the local node mounts")
+
+
+def _claim_source(claim_name: str, lookups: VolumeLookups) -> Manifest:
+    claim = lookups.claims.get(claim_name)
+    if claim is None:
+        raise ValueError(
+            f'failed to fetch PVC from API server: persistentvolumeclaims "{claim_name}" not found'
+        )
+    volume_name = bound_volume_name(claim)
+    volume = lookups.persistent_volumes.get(volume_name)
+    if volume is None:
+        raise ValueError(
+            f'failed to fetch PV {volume_name} from API server: persistentvolumes "{volume_name}" not found'
+        )
+    return host_folder_source(volume, claim)
+
+
+def claim_sources(pod: Manifest, lookups: VolumeLookups) -> dict[str, Manifest]:
+    """The hostPath source of each claim volume of the pod (by volume name): its bound volume's folder."""
+    sources = {}
+    for volume in pod["spec"].get("volumes") or []:
+        if "persistentVolumeClaim" in volume:
+            claim_name = volume["persistentVolumeClaim"]["claimName"]
+            try:
+                sources[volume["name"]] = _claim_source(claim_name, lookups)
+            except ValueError as exc:
+                namespace = pod["metadata"]["namespace"]
+                raise ClaimError(volume["name"], namespace, claim_name, str(exc)) from exc
+    return sources
+
+
+def with_claim_sources(pod: Manifest, sources: Mapping[str, Manifest]) -> Manifest:
+    """The pod as its sandbox is built: each claim volume replaced by its bound volume's hostPath source."""
+    volumes = [
+        {"name": v["name"], "hostPath": sources[v["name"]]} if v["name"] in sources else v
+        for v in pod["spec"].get("volumes") or []
+    ]
+    return {**pod, "spec": {**pod["spec"], "volumes": volumes}}
 
 
 def _volume_references(pod: Manifest) -> tuple[set[str], set[str]]:

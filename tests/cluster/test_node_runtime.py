@@ -1,0 +1,186 @@
+"""The local node's container runtime runs processes as a container runtime does: each container in its
+own PID namespace with its entrypoint as PID 1, seeing none of the pod's other processes; deletion sends
+SIGTERM to that PID 1, which the kernel drops if PID 1 has no handler for it, so SIGKILL ends it after the
+grace period (a shell's `trap … TERM`: see test_node_kubelet_parity); `readOnlyRootFilesystem` leaves
+only the container's volumes and the runtime's /dev writable; dropped capabilities are gone, for root
+too; seccomp `RuntimeDefault` refuses what the runtimes' default profile refuses. (A recorded PID reused
+by another process is never signalled: see tests/unit/test_local_runtime.py.)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from kube import container_state, eventually, finished, pod, processes_with, python_pod
+
+pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("local_node")]
+Manifest = dict[str, Any]
+
+
+def python_container(name: str, script: str, *args: str, **fields: Any) -> Manifest:
+    return {"name": name, "image": "python:3.11", "command": ["python3", "-c", script, *args], **fields}
+
+
+def reported(core: client.CoreV1Api, namespace: str, name: str, container: str) -> Any:
+    """What a container printed last, as JSON."""
+    return json.loads(core.read_namespaced_pod_log(name, namespace, container=container).splitlines()[-1])
+
+
+SLEEPS = "import time; time.sleep(3600)"  # Python installs no SIGTERM handler: as PID 1 it ignores SIGTERM
+LISTS_PROCESSES = """\
+import json, os, time
+time.sleep(2)  # the pod's other container is up by then
+processes = {}
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    with open(f"/proc/{pid}/cmdline", "rb") as handle:
+        processes[pid] = handle.read().decode().split("\\0")[:2]
+print(json.dumps(processes))
+"""
+
+
+def test_the_entrypoint_is_pid_1_and_sees_none_of_the_pods_other_processes(
+    api_client: client.ApiClient, namespace: str
+) -> None:
+    core = client.CoreV1Api(api_client)
+    marker = f"marker-{uuid.uuid4().hex}"
+    manifest = python_pod("pids", LISTS_PROCESSES, terminationGracePeriodSeconds=1)
+    manifest["spec"]["containers"].append(python_container("neighbour", SLEEPS, marker))
+    core.create_namespaced_pod(namespace, manifest)
+    eventually(lambda: processes_with(marker), timeout=60, what="the neighbour container's process")
+
+    def main_ended() -> bool:
+        state = container_state(pod(core, namespace, "pids"), "main")
+        return state is not None and state.terminated is not None
+
+    eventually(main_ended, timeout=60, what="main ended")
+    assert reported(core, namespace, "pids", "main") == {"1": ["python3", "-c"]}
+    assert processes_with(marker), "the neighbour ran beside it all along"
+
+
+def test_deletion_signals_pid_1_which_ignores_sigterm_without_a_handler_until_sigkill(
+    api_client: client.ApiClient, namespace: str
+) -> None:
+    """As under Docker or containerd: a PID 1 with no SIGTERM handler lives on to the grace period's end."""
+    core = client.CoreV1Api(api_client)
+    marker = f"marker-{uuid.uuid4().hex}"
+    core.create_namespaced_pod(namespace, python_pod("pid1", SLEEPS, marker, terminationGracePeriodSeconds=3))
+    [process] = eventually(lambda: processes_with(marker), timeout=60, what="the container's process")
+    started = time.monotonic()
+    core.delete_namespaced_pod("pid1", namespace)
+    time.sleep(1.5)
+    assert process.is_running(), "SIGTERM ended a PID 1 that has no handler for it"
+    eventually(lambda: not process.is_running(), timeout=30, what="SIGKILL at the grace period's end")
+    assert time.monotonic() - started >= 2.5
+
+
+TRIES_WRITES = """\
+import errno, json
+results = {}
+for path in ("/probe", "/tmp/probe", "/usr/probe", "/etc/probe", "/data/probe", "/dev/shm/probe"):
+    try:
+        with open(path, "w") as handle:
+            handle.write("x")
+        results[path] = "ok"
+    except OSError as exc:
+        results[path] = errno.errorcode[exc.errno]
+print(json.dumps(results))
+"""
+
+
+def test_a_read_only_root_filesystem_refuses_writes_but_to_volumes_and_dev(
+    api_client: client.ApiClient, namespace: str
+) -> None:
+    """/tmp is the root's too, as on a cluster; the pod's other container still writes its own root."""
+    core = client.CoreV1Api(api_client)
+    data = {"volumeMounts": [{"name": "data", "mountPath": "/data"}]}
+    manifest = python_pod(
+        "readonly",
+        TRIES_WRITES,
+        container={**data, "securityContext": {"readOnlyRootFilesystem": True}},
+        volumes=[{"name": "data", "emptyDir": {}}],
+    )
+    manifest["spec"]["containers"].append(python_container("writable", TRIES_WRITES, **data))
+    core.create_namespaced_pod(namespace, manifest)
+    assert finished(core, namespace, "readonly", timeout=90).status.phase == "Succeeded"
+    root = ("/probe", "/tmp/probe", "/usr/probe", "/etc/probe")
+    locked = reported(core, namespace, "readonly", "main")
+    assert locked == {**dict.fromkeys(root, "EROFS"), "/data/probe": "ok", "/dev/shm/probe": "ok"}
+    assert set(reported(core, namespace, "readonly", "writable").values()) == {"ok"}
+
+
+CHOWNS = """\
+import errno, json, os
+with open("/tmp/owned", "w"):
+    pass
+try:
+    os.chown("/tmp/owned", 1234, 1234)
+    result = "ok"
+except OSError as exc:
+    result = errno.errorcode[exc.errno]
+with open("/proc/self/status") as handle:
+    caps = {line.split(":")[0]: int(line.split()[1], 16) for line in handle if line.startswith("Cap")}
+print(json.dumps({"chown": result, **caps}))
+"""
+CAP_CHOWN, CAP_DAC_OVERRIDE = 0, 1
+
+
+def test_dropped_capabilities_are_gone_for_a_root_container(
+    api_client: client.ApiClient, namespace: str
+) -> None:
+    core = client.CoreV1Api(api_client)
+    manifest = python_pod("caps", CHOWNS, container={"securityContext": {"capabilities": {"drop": ["ALL"]}}})
+    manifest["spec"]["containers"] += [
+        python_container("no-chown", CHOWNS, securityContext={"capabilities": {"drop": ["CHOWN"]}}),
+        python_container("all-kept", CHOWNS),
+    ]
+    core.create_namespaced_pod(namespace, manifest)
+    assert finished(core, namespace, "caps", timeout=90).status.phase == "Succeeded"
+    none = reported(core, namespace, "caps", "main")
+    assert (none["chown"], none["CapEff"], none["CapBnd"]) == ("EPERM", 0, 0)
+    no_chown = reported(core, namespace, "caps", "no-chown")
+    assert no_chown["chown"] == "EPERM"
+    assert not no_chown["CapBnd"] & 1 << CAP_CHOWN and no_chown["CapEff"] & 1 << CAP_DAC_OVERRIDE
+    assert reported(core, namespace, "caps", "all-kept")["chown"] == "ok"
+
+
+UNSHARES = """\
+import ctypes, errno, json
+libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWUTS = 0x04000000
+result = "ok" if libc.unshare(CLONE_NEWUTS) == 0 else errno.errorcode[ctypes.get_errno()]
+with open("/proc/self/status") as handle:
+    fields = dict(line.split(":", 1) for line in handle)
+print(json.dumps({"unshare": result, **{k: int(fields[k]) for k in ("Seccomp", "NoNewPrivs")}}))
+"""
+RUNTIME_DEFAULT = {"seccompProfile": {"type": "RuntimeDefault"}}
+NON_ROOT = {"runAsUser": 1000, "runAsGroup": 1000, "runAsNonRoot": True}
+RESTRICTED = {**NON_ROOT, "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
+def test_seccomp_runtime_default_refuses_unshare_for_root_and_runs_non_root_containers(
+    api_client: client.ApiClient, namespace: str
+) -> None:
+    """Seccomp 2 is filter mode. A non-root container loads the filter while still root, as runc does
+    without no_new_privs; a restricted one (no_new_privs) loads it last."""
+    core = client.CoreV1Api(api_client)
+    manifest = python_pod("seccomp", UNSHARES, container={"securityContext": RUNTIME_DEFAULT})
+    manifest["spec"]["containers"] += [
+        python_container("no-profile", UNSHARES),
+        python_container("non-root", UNSHARES, securityContext={**NON_ROOT, **RUNTIME_DEFAULT}),
+        python_container("restricted", UNSHARES, securityContext={**RESTRICTED, **RUNTIME_DEFAULT}),
+    ]
+    core.create_namespaced_pod(namespace, manifest)
+    assert finished(core, namespace, "seccomp", timeout=90).status.phase == "Succeeded"
+    names = ("main", "no-profile", "non-root", "restricted")
+    assert {name: reported(core, namespace, "seccomp", name) for name in names} == {
+        "main": {"unshare": "EPERM", "Seccomp": 2, "NoNewPrivs": 0},  # root, with every capability
+        "no-profile": {"unshare": "ok", "Seccomp": 0, "NoNewPrivs": 0},
+        "non-root": {"unshare": "EPERM", "Seccomp": 2, "NoNewPrivs": 0},
+        "restricted": {"unshare": "EPERM", "Seccomp": 2, "NoNewPrivs": 1},
+    }
