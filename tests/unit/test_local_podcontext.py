@@ -113,7 +113,7 @@ def test_attempts_are_the_latest_two_read_back_from_the_records(tmp_path: Path) 
         latest, previous = context.attempts("app")
         assert latest is not None and previous is not None
         assert (latest.number, latest.exit_code, previous.number, previous.exit_code) == (2, 0, 1, 2)
-        assert latest.container_id == "mlplatform://01234567-app-2"
+        assert latest.container_id == "mlplatform://0123456789abcdef-app-2"
 
     in_context(tmp_path, pod_manifest({"name": "app", "image": "app:1"}), scenario)
 

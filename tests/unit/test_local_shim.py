@@ -1,6 +1,6 @@
 """The container shim's log writer: a stream becomes CRI log lines, and a line longer than MAX_LINE
 becomes partial pieces and a final full one, however it arrives; the termination message it records as
-the kubelet computes it; which mounts a read-only root remounts; the capabilities a drop list names."""
+the kubelet computes it; which mounts a read-only root makes read-only; where runc finds the cgroups."""
 
 from __future__ import annotations
 
@@ -8,20 +8,18 @@ import os
 import stat
 from pathlib import Path
 
-import pytest
-
-from mlplatform.local.node import linux
 from mlplatform.local.node.logs import format_line, read_lines
 from mlplatform.local.node.shim import (
     MAX_LINE,
     MAX_TERMINATION_MESSAGE,
     WRITABLE_UNDER_READ_ONLY_ROOT,
+    CgroupMount,
     ContainerSpec,
     Identity,
     LogWriter,
-    capability_numbers,
+    cgroup_mounts,
     create_termination_log,
-    read_only_remounts,
+    read_only_paths,
     termination_message,
     with_termination_message,
 )
@@ -81,6 +79,8 @@ def spec_with(tmp_path: Path, termination_log: str = "", fallback: bool = False)
         mounts=[],
         identity=Identity(),
         cgroup="mlplatform/test",
+        container_id="test-main-0",
+        runtime_dir=str(tmp_path / "runtime"),
         memory_bytes=None,
         cpu_millicores=None,
         log_file=str(tmp_path / "0.log"),
@@ -140,8 +140,8 @@ def test_the_termination_message_follows_the_runtimes_own_message(tmp_path: Path
     assert "message" not in with_termination_message(spec, failed())
 
 
-# A container's mounts as /proc/self/mountinfo lists them: the pod's root, its overlays, /tmp and /etc files,
-# the runtime's /proc, /sys and /dev, a volume at /data with a mount under it, and a read-only code mount.
+# The pod's root as the sandbox's /proc/<pid>/mountinfo lists it: the root, its overlays, /tmp and /etc
+# files, /proc, /sys and /dev, a volume at /data with a mount under it, and a read-only code mount.
 MOUNTINFO = """\
 1 0 0:30 / / rw,relatime - tmpfs tmpfs rw,mode=755
 2 1 0:31 / /usr rw,relatime - overlay overlay rw,lowerdir=/usr
@@ -157,28 +157,35 @@ MOUNTINFO = """\
 12 1 8:1 /pod/x /my\\040dir rw,nosuid,noexec - ext4 /dev/sda1 rw
 13 1 8:1 /pod/y /database rw,noatime - ext4 /dev/sda1 rw
 """
-READ_ONLY = linux.MS_REMOUNT | linux.MS_BIND | linux.MS_RDONLY
 
 
-def test_a_read_only_root_remounts_the_root_and_overlays_but_not_volumes_or_the_runtimes_mounts() -> None:
-    remounts = read_only_remounts(MOUNTINFO, [*WRITABLE_UNDER_READ_ONLY_ROOT, "/data"])
-    assert remounts == [
-        ("/", READ_ONLY | linux.MS_RELATIME),
-        ("/usr", READ_ONLY | linux.MS_RELATIME),
-        ("/tmp", READ_ONLY | linux.MS_RELATIME),  # as under a runtime: /tmp is the root's unless a volume
-        ("/my dir", READ_ONLY | linux.MS_NOSUID | linux.MS_NOEXEC),  # its own flags kept
-        ("/database", READ_ONLY | linux.MS_NOATIME),  # not under /data: a path, not a string prefix
-    ]
+def test_a_read_only_root_makes_the_overlays_read_only_but_not_volumes_or_the_runtimes_mounts() -> None:
+    assert read_only_paths(MOUNTINFO, [*WRITABLE_UNDER_READ_ONLY_ROOT, "/data"]) == [
+        "/usr",
+        "/tmp",  # as under a runtime: /tmp is the root's unless a volume is mounted there
+        "/my dir",
+        "/database",  # not under /data: a path, not a string prefix
+    ]  # not "/" itself: runc makes the root read-only
 
 
 def test_a_volume_mounted_at_tmp_keeps_tmp_writable() -> None:
-    remounts = read_only_remounts(MOUNTINFO, [*WRITABLE_UNDER_READ_ONLY_ROOT, "/data", "/tmp"])
-    assert "/tmp" not in [point for point, _ in remounts]
+    assert "/tmp" not in read_only_paths(MOUNTINFO, [*WRITABLE_UNDER_READ_ONLY_ROOT, "/data", "/tmp"])
 
 
-def test_capabilities_are_named_as_a_security_context_names_them() -> None:
-    assert capability_numbers([]) == []
-    assert capability_numbers(["CHOWN", "net_raw", "CAP_SYS_ADMIN"]) == [0, 13, 21]
-    assert capability_numbers(["NET_RAW", "ALL"]) == list(range(linux.LAST_CAPABILITY + 1))
-    with pytest.raises(ValueError, match="unknown capability 'NOPE'"):
-        capability_numbers(["CHOWN", "NOPE"])
+HOST_MOUNTINFO = """\
+25 1 0:23 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw
+31 25 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,xattr,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw,nsdelegate
+"""
+
+
+def test_runc_finds_the_hosts_cgroup_hierarchies_with_their_own_options() -> None:
+    assert cgroup_mounts(HOST_MOUNTINFO) == [
+        CgroupMount("/sys/fs/cgroup/cpu", "cgroup", "cpu"),
+        CgroupMount("/sys/fs/cgroup/memory", "cgroup", "memory"),
+        CgroupMount("/sys/fs/cgroup/systemd", "cgroup", "xattr,name=systemd"),
+        CgroupMount("/sys/fs/cgroup/unified", "cgroup2", "nsdelegate"),
+    ]

@@ -43,6 +43,14 @@ def directories(path: str) -> list[Path]:
     ]
 
 
+def every_hierarchy(path: str) -> list[Path]:
+    """The folders of the cgroup `path` in every hierarchy there is, also those only a container runtime
+    makes folders in (cpuset, devices, freezer …)."""
+    if unified():
+        return [CGROUP_FS / path]
+    return [hierarchy / path for hierarchy in sorted(CGROUP_FS.iterdir()) if hierarchy.is_dir()]
+
+
 def _write(path: Path, value: str) -> None:
     with contextlib.suppress(OSError):  # a controller this kernel lacks is a limit we cannot apply
         path.write_text(value)
@@ -91,6 +99,14 @@ def join(path: str, pid: int = 0) -> None:
     """Move `pid` (0: the caller) into the cgroup in every hierarchy."""
     for folder in directories(path):
         (folder / "cgroup.procs").write_text(str(pid or os.getpid()))
+
+
+def join_killable(path: str) -> None:
+    """Move the caller into the hierarchy `kill_all` kills through, for a runtime to start the container
+    from: on a hybrid layout the v2 hierarchy beside the controllers, where membership costs nothing and
+    the runtime moves the container into the controllers' cgroups itself; on a unified layout, none."""
+    if not unified() and (folder := CGROUP_FS / HYBRID_V2 / path).is_dir():
+        (folder / "cgroup.procs").write_text(str(os.getpid()))
 
 
 def pids(path: str) -> set[int]:
@@ -145,8 +161,8 @@ def _kill_member(pid: int, path: str) -> None:
 
 
 def remove(path: str) -> None:
-    """Remove the cgroup and every cgroup under it (they must hold no process)."""
-    for folder in directories(path):
+    """Remove the cgroup and every cgroup under it (they must hold no process), in every hierarchy."""
+    for folder in every_hierarchy(path):
         if not folder.exists():
             continue
         for child in sorted(

@@ -160,6 +160,8 @@ async def container_spec(
         mounts=mounts,
         identity=user,
         cgroup=runtime.container_cgroup(pod.uid, name, number),
+        container_id=runtime.runc_id(pod.uid, name, number),
+        runtime_dir=str(pod.layout.runtime),
         memory_bytes=quantity_bytes(limits.get("memory")),
         cpu_millicores=quantity_millicores(limits.get("cpu")),
         log_file=str(pod.layout.log(name, number)),

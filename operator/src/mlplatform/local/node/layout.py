@@ -7,6 +7,7 @@ from pathlib import Path
 
 CGROUP_ROOT = "mlplatform"
 TERMINATION_LOGS = ".termination-logs"  # in the volumes folder; no volume is named so (names are DNS labels)
+RUNTIME = ".runtime"  # in the volumes folder too: runc's bundles and state
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,12 @@ class PodLayout:
         """One attempt's file at its terminationMessagePath. Kept beside the volumes: every sandbox, even
         one an earlier agent started, shows that folder to the shims, which bind the file from there."""
         return self.volumes / TERMINATION_LOGS / name / str(attempt)
+
+    @property
+    def runtime(self) -> Path:
+        """runc's bundles and state for the pod's containers. Beside the volumes, as runc runs in the pod's
+        root: the host sees this folder here, runc under VOLUMES_IN_POD."""
+        return self.volumes / RUNTIME
 
     @property
     def etc(self) -> Path:

@@ -7,6 +7,7 @@ names for pods; both run on the host, built from the same pinned modules as the 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -15,10 +16,11 @@ from typing import Any
 from mlplatform.local import pki, storage
 from mlplatform.local.config import PLATFORM_NAMESPACE, LocalConfig, StateLayout
 from mlplatform.local.controlplane import kubectl_apply, tls_context, write_private_yaml
+from mlplatform.local.errors import LocalError
 from mlplatform.local.files import write_if_changed
 from mlplatform.local.kubeconfig import write_kubeconfig
 from mlplatform.local.network import remove_kube_chains
-from mlplatform.local.node import runtime
+from mlplatform.local.node import runtime, shim
 from mlplatform.local.node.layout import NodeLayout
 from mlplatform.local.platform import Context, Service
 from mlplatform.local.processes import Check, ProcessSpec, http_check
@@ -240,6 +242,8 @@ class LocalNode:
 
     def prepare(self, ctx: Context) -> None:
         layout, config = ctx.layout, ctx.config
+        if shutil.which(shim.RUNC) is None:
+            raise LocalError(f"the local node runs containers with {shim.RUNC}: install it (Debian: runc)")
         layout.node.mkdir(parents=True, exist_ok=True)
         for user, cert in ((NODE_AGENT, "node"), (KUBE_PROXY, "kube-proxy"), (COREDNS, "coredns")):
             name = pki.node_user(config.node_name) if user == NODE_AGENT else f"system:{user}"

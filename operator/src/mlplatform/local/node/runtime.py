@@ -340,12 +340,23 @@ def _reap() -> None:
             del _REAPABLE[pid]
 
 
+def runc_id(uid: str, name: str, number: int) -> str:
+    """runc's name for an attempt of a container: unique on the node."""
+    return f"{uid}-{name}-{number}"
+
+
 def container_id(uid: str, name: str, number: int) -> str:
-    return f"{CONTAINER_ID_SCHEME}://{uid[:8]}-{name}-{number}"
+    """The containerID a pod's status shows."""
+    return f"{CONTAINER_ID_SCHEME}://{runc_id(uid, name, number)}"
 
 
 def start_container(layout: PodLayout, spec: ContainerSpec, number: int) -> None:
-    """Start the shim that runs one attempt of a container."""
+    """Start the shim that runs one attempt of a container, once nothing of the attempt before is left: a
+    container outlives a shim that vanished (as under containerd), so its cgroup is killed first."""
+    if number > 0:
+        previous = container_cgroup(layout.uid, spec.name, number - 1)
+        cgroups.kill_all(previous)
+        cgroups.remove(previous)
     attempt = layout.container(spec.name, number)
     attempt.root.mkdir(parents=True, exist_ok=True)
     attempt.spec_file.write_text(spec.to_json())
@@ -378,7 +389,7 @@ def _json(path: Path) -> dict[str, Any] | None:
 
 def read_attempt(layout: PodLayout, name: str, number: int) -> Attempt:
     """What the shim recorded of one attempt; an attempt whose shim vanished is reported as such. Reading
-    kills nothing: a container dies with its shim (its parent-death signal), and with its pod's cgroup."""
+    kills nothing: what such an attempt left is killed before the next one starts, or with the pod."""
     attempt = layout.container(name, number)
     cid = container_id(layout.uid, name, number)
     exit_record = _json(attempt.exit_file)

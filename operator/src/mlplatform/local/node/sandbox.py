@@ -1,4 +1,4 @@
-"""The pod sandbox: a small process that holds a pod's network, UTS and mount namespaces.
+"""The pod sandbox: a small process that holds a pod's network, UTS, IPC and mount namespaces.
 
 `plan_rootfs` (pure) decides the pod's root filesystem: a tmpfs root where every host directory
 appears as an overlay (the host's files, read through; the pod's writes kept in a pod-private tmpfs),
@@ -26,8 +26,9 @@ from mlplatform.local.node import linux
 
 # Top-level host folders a pod does not see through: it gets its own instead.
 REPLACED = frozenset({"proc", "sys", "dev", "run", "tmp", "lost+found"})
-VOLUMES_IN_POD = "/.mlplatform/volumes"
-HOST_PATHS_IN_POD = "/.mlplatform/host-paths"  # hostPath volumes: the real host folders, not the overlay
+POD_PRIVATE = "/.mlplatform"  # the node's own folders in a pod's root, hidden from its containers
+VOLUMES_IN_POD = f"{POD_PRIVATE}/volumes"
+HOST_PATHS_IN_POD = f"{POD_PRIVATE}/host-paths"  # hostPath volumes: the real host folders, not the overlay
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 
 
@@ -239,7 +240,12 @@ def build_root(spec: SandboxSpec) -> None:
 def main(spec_path: str) -> None:
     spec = SandboxSpec.from_json(Path(spec_path).read_text())
     try:
-        flags = linux.CLONE_NEWNS | linux.CLONE_NEWUTS | (0 if spec.host_network else linux.CLONE_NEWNET)
+        flags = (
+            linux.CLONE_NEWNS
+            | linux.CLONE_NEWUTS
+            | linux.CLONE_NEWIPC
+            | (0 if spec.host_network else linux.CLONE_NEWNET)
+        )
         linux.unshare(flags)
         socket.sethostname(spec.hostname)
         build_root(spec)

@@ -1,27 +1,22 @@
-"""seccomp `RuntimeDefault`: the container runtimes' default profile, as a filter the container shim loads.
+"""seccomp `RuntimeDefault`: which system calls the container runtimes' default profile refuses.
 
 The reference is containerd's default profile (contrib/seccomp/seccomp_default.go, what `RuntimeDefault`
 means on most clusters; moby's profiles/seccomp/default.json is alike) for a container with the CRI's
 default capabilities, which lack CAP_SYS_ADMIN, CAP_SYS_PTRACE, CAP_SYS_MODULE, CAP_SYS_TIME … That profile
-is an allow-list with EPERM for the rest; this filter is its complement for x86: every syscall libseccomp
-2.5.4 knows on x86_64, x86 and x32 that the profile does not allow such a container fails with EPERM, clone
-with a namespace flag too, and clone3 with ENOSYS (so glibc falls back to clone, whose flags a filter can
-read). Everything else is allowed, also what the allow-list refuses only because it predates it: syscalls
-newer than it (fchmodat2, futex_wait/wake/requeue, cachestat, map_shadow_stack, and those libseccomp does
-not know yet) and the unprivileged pkey_* calls; personality is not narrowed to the profile's few personas.
-
-pyseccomp (a ctypes binding of libseccomp.so.2) is imported only when a container asks for the profile:
-its import looks the library up, which costs a shim tens of milliseconds.
+is an allow-list with EPERM for the rest; this is its complement for x86: every syscall libseccomp 2.5.4
+knows on x86_64, x86 and x32 that the profile does not allow such a container, clone with a namespace
+flag, and clone3 (oci.py turns these into the OCI seccomp section runc loads). Everything else is allowed,
+also what the allow-list refuses only because it predates it: syscalls newer than it (fchmodat2,
+futex_wait/wake/requeue, cachestat, map_shadow_stack) and the unprivileged pkey_* calls; personality is
+not narrowed to the profile's few personas.
 """
 
 from __future__ import annotations
 
-import errno
-from typing import Any, Protocol, cast
+from typing import Any
 
 Manifest = dict[str, Any]
 RUNTIME_DEFAULT = "RuntimeDefault"
-UNKNOWN_SYSCALL = -1  # libseccomp's __NR_SCMP_ERROR (a name of another architecture only: a pseudo number)
 
 # CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET: the
 # flags the profile refuses in clone's first argument without CAP_SYS_ADMIN.
@@ -52,10 +47,6 @@ DENIED = (
 # fmt: on
 
 
-class SyscallFilter(Protocol):
-    def load(self) -> None: ...
-
-
 def effective_profile(pod: Manifest, container: Manifest) -> str | None:
     """The profile a container of `pod` runs under: its securityContext's seccompProfile, else the pod's;
     RuntimeDefault, or None for none at all (Unconfined, as the kubelet runs a pod that names none)."""
@@ -63,30 +54,3 @@ def effective_profile(pod: Manifest, container: Manifest) -> str | None:
         if profile := (context or {}).get("seccompProfile"):
             return RUNTIME_DEFAULT if profile.get("type") == RUNTIME_DEFAULT else None
     return None
-
-
-def filter_for(profile: str | None) -> SyscallFilter | None:
-    """The filter for `profile`, built in the shim so the container's child only loads it."""
-    return runtime_default_filter() if profile == RUNTIME_DEFAULT else None
-
-
-def runtime_default_filter() -> SyscallFilter:
-    try:
-        import pyseccomp  # noqa: PLC0415  # only here: see the module's docstring
-    except (ImportError, RuntimeError) as exc:  # RuntimeError: libseccomp.so.2 is missing
-        raise OSError(f"seccomp profile {RUNTIME_DEFAULT} needs libseccomp: {exc}") from exc
-    syscall_filter = pyseccomp.SyscallFilter(pyseccomp.ALLOW)
-    # As runc: no_new_privs only when allowPrivilegeEscalation is false, and the shim sets it then.
-    syscall_filter.set_attr(pyseccomp.Attr.CTL_NNP, 0)
-    if pyseccomp.system_arch() == pyseccomp.Arch.X86_64:  # 32-bit and x32 calls, as the runtimes filter
-        for arch in (pyseccomp.Arch.X86, pyseccomp.Arch.X32):
-            syscall_filter.add_arch(arch)
-    for name in DENIED:
-        if pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name) != UNKNOWN_SYSCALL:  # older libseccomp
-            syscall_filter.add_rule(pyseccomp.ERRNO(errno.EPERM), name)
-    for flag in NAMESPACE_FLAGS:
-        syscall_filter.add_rule(
-            pyseccomp.ERRNO(errno.EPERM), "clone", pyseccomp.Arg(0, pyseccomp.MASKED_EQ, flag, flag)
-        )
-    syscall_filter.add_rule(pyseccomp.ERRNO(errno.ENOSYS), "clone3")
-    return cast(SyscallFilter, syscall_filter)

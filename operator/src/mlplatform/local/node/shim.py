@@ -1,15 +1,19 @@
-"""The container shim: one process per container attempt, the parent of the container's process.
+"""The container shim: one process per container attempt, the parent of the container's process, as
+containerd's runc shim is.
 
-It joins the pod sandbox's network and UTS namespaces and gives the container its own PID namespace
-(its main process is PID 1, with a /proc of its own) and its own mount namespace, a child of the pod's,
-with its volume mounts (and a read-only root if asked); it applies the container's cgroup limits,
-identity and capabilities, writes its output to the log file in the CRI format, and records how it ended
-(exit code, signal, OOM kill) in `exit.json`. Because the shim, not the node agent, waits for the
-container, an agent restart loses nothing; the container dies with its shim. Standard library only, but
-for libseccomp (seccomp.py) when a container asks for the `RuntimeDefault` seccomp profile.
+It has runc create the container from an OCI config (oci.py) inside the pod sandbox's network, UTS and
+IPC namespaces, on the pod's root: runc gives it its own PID namespace (its main process is PID 1) and
+mount namespace, its mounts, identity, capabilities, seccomp profile and a read-only root if asked; the
+shim sets the cgroup limits, starts the container, writes its output to the log file in the CRI format,
+and records how it ended (exit code, signal, OOM kill) in `exit.json`. The shim is a subreaper: once
+`runc create` returns, the container's process is its child, so it waits for it as containerd's shim
+does. Because the shim, not the node agent, waits for the container, an agent restart loses nothing.
+Standard library only, so a container starts quickly.
 
-It does in a few system calls what runc would do from an OCI config: a PID namespace is unshared before
-the fork, so the forked child is the namespace's PID 1, and the rest happens in that child before exec.
+runc runs in a mount namespace made from the sandbox's, in which the pod's root is bound into the
+container's bundle (runc's root must be a folder in its own mount namespace) and the host's cgroup
+hierarchies are mounted where runc looks for them; the bundle and runc's state live beside the pod's
+volumes, which the host and the pod's root share.
 
 Run as: python -m mlplatform.local.node.shim SPEC_FILE
 """
@@ -21,6 +25,7 @@ import json
 import os
 import re
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,12 +33,18 @@ import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import IO
 
 from mlplatform.local.files import write_if_changed
-from mlplatform.local.node import cgroups, linux, seccomp
+from mlplatform.local.node import cgroups, linux, oci
+from mlplatform.local.node.layout import RUNTIME
 from mlplatform.local.node.logs import format_line, tail_content, timestamp
-from mlplatform.local.node.sandbox import HOST_PATHS_IN_POD, VOLUMES_IN_POD
+from mlplatform.local.node.sandbox import POD_PRIVATE, VOLUMES_IN_POD
 
+RUNC = "runc"
+RUNC_LOG = "runc.log"
+PID_FILE = "pid"
+RUNTIME_IN_POD = f"{VOLUMES_IN_POD}/{RUNTIME}"
 MAX_LINE = 16 * 1024
 EXIT_START_ERROR = 128
 DRAIN_SECONDS = 2.0
@@ -43,15 +54,6 @@ FALLBACK_LOG_LINES = 80
 FALLBACK_LOG_BYTES = 2048
 # What a read-only root leaves writable besides the container's own mounts, as a runtime mounts them.
 WRITABLE_UNDER_READ_ONLY_ROOT = ("/proc", "/sys", "/dev", "/etc/hosts", "/etc/hostname", "/etc/resolv.conf")
-MOUNT_OPTION_FLAGS = {
-    "nosuid": linux.MS_NOSUID,
-    "nodev": linux.MS_NODEV,
-    "noexec": linux.MS_NOEXEC,
-    "noatime": linux.MS_NOATIME,
-    "nodiratime": linux.MS_NODIRATIME,
-    "relatime": linux.MS_RELATIME,
-    "strictatime": linux.MS_STRICTATIME,
-}
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,8 @@ class ContainerSpec:
     mounts: list[Mount]
     identity: Identity
     cgroup: str
+    container_id: str  # runc's name for this attempt
+    runtime_dir: str  # the pod's runtime folder (PodLayout.runtime), as the host sees it
     memory_bytes: int | None
     cpu_millicores: int | None
     log_file: str
@@ -102,26 +106,13 @@ class ContainerSpec:
 
 
 def _namespace_fds(pid: int) -> list[tuple[int, int]]:
-    kinds = (("net", linux.CLONE_NEWNET), ("uts", linux.CLONE_NEWUTS), ("mnt", linux.CLONE_NEWNS))
+    kinds = (
+        ("net", linux.CLONE_NEWNET),
+        ("uts", linux.CLONE_NEWUTS),
+        ("ipc", linux.CLONE_NEWIPC),
+        ("mnt", linux.CLONE_NEWNS),
+    )
     return [(os.open(f"/proc/{pid}/ns/{name}", os.O_RDONLY), kind) for name, kind in kinds]
-
-
-def capability_numbers(names: Iterable[str]) -> list[int]:
-    """The capabilities `names` (as a securityContext lists them, CAP_ prefix optional) stand for."""
-    wanted = [name.upper().removeprefix("CAP_") for name in names]
-    if "ALL" in wanted:
-        return list(range(linux.LAST_CAPABILITY + 1))
-    unknown = [name for name in wanted if name not in linux.CAPABILITIES]
-    if unknown:
-        raise ValueError(f"unknown capability {unknown[0]!r} in securityContext.capabilities.drop")
-    return [linux.CAPABILITIES.index(name) for name in wanted]
-
-
-def _drop_capabilities(numbers: list[int]) -> None:
-    """Out of the bounding set: what root gets at exec is the bounding set, so root loses them too."""
-    for capability in numbers:
-        with contextlib.suppress(OSError):  # a number past this kernel's last capability
-            linux.prctl(linux.PR_CAPBSET_DROP, capability)
 
 
 def _unescape(text: str) -> str:
@@ -132,83 +123,88 @@ def _under(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
-def read_only_remounts(mountinfo: str, writable: Iterable[str]) -> list[tuple[str, int]]:
-    """The mounts (point, remount flags) that make up a container's root, to remount read-only: every
-    writable mount in `mountinfo` (/proc/self/mountinfo) but those at or under a `writable` path, keeping
-    each mount's own nosuid/nodev/noexec/atime flags."""
+def read_only_paths(mountinfo: str, writable: Iterable[str]) -> list[str]:
+    """The mounts a read-only root makes read-only besides the root itself: every writable mount point in
+    the pod root's `mountinfo` (the sandbox's) but those at or under a `writable` path."""
     kept = list(writable)
-    remounts = []
+    points = []
     for line in mountinfo.splitlines():
         fields = line.split()
         point, options = _unescape(fields[4]), fields[5].split(",")
-        if "ro" in options or any(_under(point, folder) for folder in kept):
-            continue
-        flags = linux.MS_REMOUNT | linux.MS_BIND | linux.MS_RDONLY
-        for option in options:
-            flags |= MOUNT_OPTION_FLAGS.get(option, 0)
-        remounts.append((point, flags))
-    return remounts
+        if point != "/" and "ro" not in options and not any(_under(point, folder) for folder in kept):
+            points.append(point)
+    return points
 
 
-def _make_root_read_only(mounts: list[Mount]) -> None:
-    writable = [*WRITABLE_UNDER_READ_ONLY_ROOT, *(m.target for m in mounts)]
-    for point, flags in read_only_remounts(Path("/proc/self/mountinfo").read_text(), writable):
-        linux.mount("none", point, None, flags)
+@dataclass(frozen=True)
+class CgroupMount:
+    point: str
+    fstype: str  # cgroup or cgroup2
+    options: str  # the hierarchy's own (super block) options: which controllers, or which name
 
 
-def _mount_proc() -> None:
-    """A /proc of the container's PID namespace in place of the pod's, in the container's mounts only."""
-    linux.umount("/proc")
-    linux.mount("proc", "/proc", "proc", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC)
+def cgroup_mounts(mountinfo: str) -> list[CgroupMount]:
+    """The host's cgroup hierarchies, from its `mountinfo`, to mount again where runc looks for them."""
+    found = []
+    for line in mountinfo.splitlines():
+        mount, _, filesystem = line.partition(" - ")
+        fstype, _, super_options = filesystem.split(" ", 2)
+        if fstype in ("cgroup", "cgroup2"):
+            options = [o for o in super_options.split(",") if o not in ("rw", "ro")]
+            found.append(CgroupMount(_unescape(mount.split()[4]), fstype, ",".join(options)))
+    return found
 
 
-def _take_identity(identity: Identity, dropped: list[int]) -> None:
-    _drop_capabilities(dropped)
-    if identity.gid is not None or identity.uid is not None:
-        os.setgroups(identity.groups)
-    if identity.gid is not None:
-        os.setgid(identity.gid)
-    if identity.uid is not None:
-        os.setuid(identity.uid)
-    if identity.no_new_privs:
-        linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
+def _mount_cgroups(mounts: list[CgroupMount]) -> None:
+    hidden = linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC
+    if all(m.point != str(cgroups.CGROUP_FS) for m in mounts):  # hybrid: a tmpfs holds the hierarchies
+        linux.mount("tmpfs", str(cgroups.CGROUP_FS), "tmpfs", hidden, "mode=755")
+    for mount in mounts:
+        os.makedirs(mount.point, exist_ok=True)
+        linux.mount(mount.fstype, mount.point, mount.fstype, hidden, mount.options or None)
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """The OCI bundle of one attempt and runc's state folder, each as the host sees it and as runc, in the
+    pod's root, sees it."""
+
+    runtime_dir: str
+    container_id: str
+
+    def host(self, name: str = "") -> str:
+        return os.path.join(self.runtime_dir, self.container_id, name).rstrip("/")
+
+    def in_pod(self, name: str = "") -> str:
+        return os.path.join(RUNTIME_IN_POD, self.container_id, name).rstrip("/")
+
+    def runc(self, *arguments: str, in_pod: bool = False) -> list[str]:
+        """A runc command on this bundle's state folder, run on the host or in the pod's root."""
+        state = f"{RUNTIME_IN_POD}/state" if in_pod else os.path.join(self.runtime_dir, "state")
+        return [RUNC, "--root", state, *arguments]
 
 
 def _enter(
     spec: ContainerSpec,
     namespaces: list[tuple[int, int]],
-    dropped: list[int],
-    syscall_filter: seccomp.SyscallFilter | None,
+    hierarchies: list[CgroupMount],
+    rootfs: str,
     error_fd: int,
 ) -> None:
-    """Runs in the forked child, PID 1 of its namespace, before exec: signals, cgroup, namespaces, mounts,
-    working dir, identity, seccomp filter."""
+    """Runs in the forked child before it executes `runc create`: default signals, the cgroup to kill the
+    container by, the sandbox's namespaces, then a mount namespace of its own made of the pod's, where the
+    pod's root is bound at the bundle's rootfs and the cgroup hierarchies are mounted."""
     try:
         _default_signals()
-        cgroups.join(spec.cgroup)
+        cgroups.join_killable(spec.cgroup)
         for fd, kind in namespaces:
             linux.setns(fd, kind)
-        linux.unshare(linux.CLONE_NEWNS)  # the container's own mounts, on top of the pod's root
+        linux.unshare(linux.CLONE_NEWNS)
         linux.make_private("/")
-        _mount_proc()
-        for mount in spec.mounts:
-            _mount(mount)
-        for hidden in (VOLUMES_IN_POD, HOST_PATHS_IN_POD):  # a container sees only the volumes it mounts
-            with contextlib.suppress(OSError):
-                linux.umount(hidden)
-        os.makedirs(spec.working_dir, exist_ok=True)
-        if spec.read_only_root:
-            _make_root_read_only(spec.mounts)
-        os.chdir(spec.working_dir)
-        # As runc: without no_new_privs, loading a filter takes CAP_SYS_ADMIN, which a change of user takes
-        # away, so it is loaded before; with no_new_privs, last, so the fewest syscalls run under it.
-        if syscall_filter is not None and not spec.identity.no_new_privs:
-            syscall_filter.load()
-        _take_identity(spec.identity, dropped)
-        # Last, as a change of credentials clears it: the container dies with its shim, never outlives it.
-        linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
-        if syscall_filter is not None and spec.identity.no_new_privs:
-            syscall_filter.load()
+        os.makedirs(spec.working_dir, exist_ok=True)  # the kubelet creates a missing working directory
+        os.makedirs(rootfs, exist_ok=True)
+        linux.bind("/", rootfs, recursive=True)
+        _mount_cgroups(hierarchies)
     except OSError as exc:
         os.write(error_fd, str(exc).encode())
         raise
@@ -223,18 +219,6 @@ def _default_signals() -> None:
             with contextlib.suppress(OSError, ValueError):
                 signal.signal(number, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
-
-
-def _mount(mount: Mount) -> None:
-    source_is_dir = os.path.isdir(mount.source)
-    if source_is_dir:
-        os.makedirs(mount.target, exist_ok=True)
-    else:
-        os.makedirs(os.path.dirname(mount.target), exist_ok=True)
-        if not os.path.lexists(mount.target):
-            with open(mount.target, "a"):
-                pass
-    linux.bind(mount.source, mount.target, readonly=mount.readonly, recursive=True)
 
 
 class LogWriter:
@@ -273,14 +257,15 @@ def _reap_orphans() -> None:
             pass
 
 
-def _pump(child: subprocess.Popen[bytes], writer: LogWriter, cgroup: str) -> int:
-    """Copy the child's output to the log until it exits and its pipes drain; return its wait status."""
-    assert child.stdout is not None and child.stderr is not None
+def _pump(pid: int, streams: dict[str, IO[bytes]], writer: LogWriter, cgroup: str) -> int:
+    """Copy the container's output to the log until its process `pid`, the shim's child, exits and the
+    pipes drain; return how it ended, as Popen.returncode does (-N: killed by signal N)."""
     selector = selectors.DefaultSelector()
-    selector.register(child.stdout, selectors.EVENT_READ, "stdout")
-    selector.register(child.stderr, selectors.EVENT_READ, "stderr")
-    pidfd = os.pidfd_open(child.pid)
+    for name, stream in streams.items():
+        selector.register(stream, selectors.EVENT_READ, name)
+    pidfd = os.pidfd_open(pid)
     selector.register(pidfd, selectors.EVENT_READ, "exit")
+    status: int | None = None
     drain_until: float | None = None
     while selector.get_map():
         timeout = None if drain_until is None else drain_until - time.monotonic()
@@ -290,7 +275,7 @@ def _pump(child: subprocess.Popen[bytes], writer: LogWriter, cgroup: str) -> int
             if key.data == "exit":
                 selector.unregister(pidfd)
                 os.close(pidfd)
-                child.wait()
+                status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
                 cgroups.kill_all(cgroup)  # like a runtime: when the main process ends, the container ends
                 drain_until = time.monotonic() + DRAIN_SECONDS
                 continue
@@ -299,7 +284,9 @@ def _pump(child: subprocess.Popen[bytes], writer: LogWriter, cgroup: str) -> int
                 writer.feed(key.data, data)
             else:
                 selector.unregister(key.fileobj)
-    return child.wait()
+    if status is None:  # the pipes closed first: wait for the exit itself
+        status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    return status
 
 
 def create_termination_log(path: str) -> None:
@@ -343,52 +330,117 @@ def with_termination_message(spec: ContainerSpec, outcome: dict[str, object]) ->
     return {**outcome, "message": f"{runtime_message}: {message}" if runtime_message else message}
 
 
+class StartError(Exception):
+    """The container could not be created or started; the message says why, as runc says it."""
+
+
+def _runc_error(bundle: Bundle, fallback: str) -> str:
+    """runc's last error from its JSON log, else `fallback`."""
+    message = fallback
+    with contextlib.suppress(OSError):
+        for line in Path(bundle.host(RUNC_LOG)).read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                entry = json.loads(line)
+                if entry.get("level") in ("error", "fatal"):
+                    message = str(entry.get("msg") or message)
+    return message
+
+
+def _write_config(spec: ContainerSpec, bundle: Bundle) -> None:
+    os.makedirs(bundle.host(), exist_ok=True)
+    pod_mounts = Path(f"/proc/{spec.sandbox_pid}/mountinfo").read_text()
+    writable = [*WRITABLE_UNDER_READ_ONLY_ROOT, POD_PRIVATE, *(m.target for m in spec.mounts)]
+    config = oci.config(
+        spec,
+        rootfs=bundle.in_pod("rootfs"),
+        read_only_paths=read_only_paths(pod_mounts, writable),
+        cgroup_path="/" + spec.cgroup,
+    )
+    Path(bundle.host("config.json")).write_text(json.dumps(config))
+
+
+def _create(spec: ContainerSpec, bundle: Bundle) -> tuple[int, dict[str, IO[bytes]]]:
+    """`runc create` in the sandbox; the container's process (waiting to be started) and its output."""
+    error_read, error_write = os.pipe()
+    namespaces = _namespace_fds(spec.sandbox_pid)
+    hierarchies = cgroup_mounts(Path("/proc/self/mountinfo").read_text())
+    rootfs = bundle.in_pod("rootfs")
+    command = bundle.runc(
+        *("--log", bundle.in_pod(RUNC_LOG), "--log-format", "json", "create"),
+        *("--bundle", bundle.in_pod(), "--pid-file", bundle.in_pod(PID_FILE), bundle.container_id),
+        in_pod=True,
+    )
+    try:
+        create = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            # The shim is single-threaded, so preexec_fn is safe; it is how the child enters the sandbox.
+            preexec_fn=lambda: _enter(spec, namespaces, hierarchies, rootfs, error_write),  # noqa: PLW1509
+            start_new_session=True,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        os.close(error_write)
+        raise StartError(os.read(error_read, 4096).decode(errors="replace") or str(exc)) from exc
+    finally:
+        for fd, _ in namespaces:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            os.close(error_write)
+        os.close(error_read)
+    assert create.stdout is not None and create.stderr is not None
+    if create.wait() != 0:  # the container's process is gone: nothing holds the pipes but this shim
+        stderr = create.stderr.read().decode(errors="replace").strip()
+        raise StartError(_runc_error(bundle, stderr or f"runc create exited with {create.returncode}"))
+    return int(Path(bundle.host(PID_FILE)).read_text()), {"stdout": create.stdout, "stderr": create.stderr}
+
+
+def _start(bundle: Bundle) -> None:
+    started = subprocess.run(bundle.runc("start", bundle.container_id), capture_output=True, check=False)
+    if started.returncode != 0:
+        raise StartError(started.stderr.decode(errors="replace").strip() or "runc start failed")
+
+
+def _delete(bundle: Bundle) -> None:
+    """runc forgets the container: its state and its cgroups (it has ended: nothing is left to kill)."""
+    subprocess.run(bundle.runc("delete", "--force", bundle.container_id), capture_output=True, check=False)
+    shutil.rmtree(bundle.host(), ignore_errors=True)
+
+
 def run(spec: ContainerSpec) -> dict[str, object]:
-    """Start the container, wait for it, and describe how it ended."""
+    """Create and start the container, wait for it, and describe how it ended."""
     linux.prctl(linux.PR_SET_CHILD_SUBREAPER, 1)
     create_termination_log(spec.termination_log)
     cgroups.create(spec.cgroup, cgroups.Limits(spec.memory_bytes, spec.cpu_millicores))
     writer = LogWriter(Path(spec.log_file))
-    error_read, error_write = os.pipe()
-    namespaces = _namespace_fds(spec.sandbox_pid)
+    bundle = Bundle(spec.runtime_dir, spec.container_id)
     started_at = timestamp()
     try:
-        dropped = capability_numbers(spec.identity.drop_capabilities)
-        syscall_filter = seccomp.filter_for(spec.seccomp)  # built here: the child only loads it
-        linux.unshare(linux.CLONE_NEWPID)  # the shim stays outside; the child it forks next is PID 1
-        child = subprocess.Popen(
-            spec.argv,
-            env=spec.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            # The shim is single-threaded, so preexec_fn is safe; it is how a child enters the namespaces.
-            preexec_fn=lambda: _enter(spec, namespaces, dropped, syscall_filter, error_write),  # noqa: PLW1509
-            start_new_session=True,
-        )
-    except (OSError, ValueError, subprocess.SubprocessError) as exc:
-        os.close(error_write)
-        detail = os.read(error_read, 4096).decode(errors="replace") or str(exc)
-        writer.feed("stderr", f"failed to start container {spec.name!r}: {detail}\n".encode())
+        _write_config(spec, bundle)
+        pid, streams = _create(spec, bundle)
+        # The process is the shim's child now and cannot be reaped unseen: its start time is its own.
+        state = {"pid": pid, "start_ticks": linux.start_ticks(pid), "shimPid": os.getpid()}
+        write_if_changed(Path(spec.state_file), json.dumps({**state, "startedAt": started_at}))
+        _start(bundle)
+    except (OSError, ValueError, StartError) as exc:
+        writer.feed("stderr", f"failed to start container {spec.name!r}: {exc}\n".encode())
         writer.close()
+        cgroups.kill_all(spec.cgroup)
+        _delete(bundle)
         return {
             "exitCode": EXIT_START_ERROR,
             "reason": "StartError",
-            "message": detail,
+            "message": str(exc),
             "startedAt": started_at,
             "finishedAt": timestamp(),
         }
-    finally:
-        for fd, _ in namespaces:
-            os.close(fd)
-    os.close(error_write)
-    # The child cannot be reaped before the shim waits for it, so its start time is surely its own.
-    state = {"pid": child.pid, "start_ticks": linux.start_ticks(child.pid), "shimPid": os.getpid()}
-    write_if_changed(Path(spec.state_file), json.dumps({**state, "startedAt": started_at}))
-    status = _pump(child, writer, spec.cgroup)
+    status = _pump(pid, streams, writer, spec.cgroup)
     _reap_orphans()
     writer.close()
-    return _outcome(status, spec.cgroup, started_at)
+    outcome = _outcome(status, spec.cgroup, started_at)  # before runc deletes the cgroup and its OOM count
+    _delete(bundle)
+    return outcome
 
 
 def _outcome(status: int, cgroup: str, started_at: str) -> dict[str, object]:
