@@ -66,6 +66,17 @@ class FakeNodeApi(NodeApi):
         return [reason for _, reason, _ in self.events]
 
 
+# A pod spec with native sidecars (proxy, logger) around a regular init container, and two main ones.
+SIDECAR_SPEC = {
+    "initContainers": [
+        {"name": "proxy", "restartPolicy": "Always"},
+        {"name": "setup"},
+        {"name": "logger", "restartPolicy": "Always"},
+    ],
+    "containers": [{"name": "main"}, {"name": "helper"}],
+}
+
+
 def pod_manifest(*containers: Manifest, uid: str = "0123456789abcdef", **spec: Any) -> Manifest:
     return {
         "metadata": {"name": "web", "namespace": "team-a", "uid": uid},

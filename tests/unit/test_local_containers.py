@@ -25,21 +25,12 @@ from mlplatform.local.node.podcontext import PodContext
 from mlplatform.local.node.podprobes import PodProbes
 from mlplatform.local.node.runtime import ProcessRef, read_attempt
 from mlplatform.local.node.shim import ContainerSpec
-from nodefakes import FakeNodeApi, pod_context, pod_manifest
-
-SPEC = {
-    "initContainers": [
-        {"name": "proxy", "restartPolicy": "Always"},
-        {"name": "setup"},
-        {"name": "logger", "restartPolicy": "Always"},
-    ],
-    "containers": [{"name": "main"}, {"name": "helper"}],
-}
+from nodefakes import SIDECAR_SPEC, FakeNodeApi, pod_context, pod_manifest
 
 
 def test_sidecars_stop_after_every_main_container_and_in_reverse_order() -> None:
     running = ["proxy", "setup", "logger", "main", "helper"]
-    assert termination_order(SPEC, running) == {
+    assert termination_order(SIDECAR_SPEC, running) == {
         "proxy": ["main", "helper", "logger"],
         "setup": [],
         "logger": ["main", "helper"],
@@ -47,7 +38,7 @@ def test_sidecars_stop_after_every_main_container_and_in_reverse_order() -> None
         "helper": [],
     }
     # Only running containers are waited for: once the main containers ended, the last sidecar goes first.
-    assert termination_order(SPEC, ["proxy", "logger"]) == {"proxy": ["logger"], "logger": []}
+    assert termination_order(SIDECAR_SPEC, ["proxy", "logger"]) == {"proxy": ["logger"], "logger": []}
 
 
 def test_a_lifecycle_handler_is_found_only_where_declared() -> None:

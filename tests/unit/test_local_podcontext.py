@@ -20,7 +20,7 @@ from mlplatform.local.node.podcontext import (
     sidecar_names,
 )
 from mlplatform.local.node.status import Attempt
-from nodefakes import FakeNodeApi, pod_context, pod_manifest
+from nodefakes import SIDECAR_SPEC, FakeNodeApi, pod_context, pod_manifest
 
 
 def ended(code: int) -> Attempt:
@@ -50,18 +50,8 @@ def test_should_restart_follows_the_restart_policy(
     assert should_restart(policy, ended(code), init) is expected
 
 
-SPEC = {
-    "initContainers": [
-        {"name": "proxy", "restartPolicy": "Always"},
-        {"name": "setup"},
-        {"name": "logger", "restartPolicy": "Always"},
-    ],
-    "containers": [{"name": "main"}, {"name": "helper"}],
-}
-
-
 def test_sidecars_are_the_init_containers_that_always_restart_in_their_order() -> None:
-    assert sidecar_names(SPEC) == ["proxy", "logger"]
+    assert sidecar_names(SIDECAR_SPEC) == ["proxy", "logger"]
     assert sidecar_names({"containers": [{"name": "main"}]}) == []
 
 
@@ -119,7 +109,9 @@ def test_attempts_are_the_latest_two_read_back_from_the_records(tmp_path: Path) 
 
 
 def test_a_sidecar_restarts_whatever_the_policy_and_an_init_container_only_on_failure(tmp_path: Path) -> None:
-    manifest = pod_manifest({"name": "main"}, restartPolicy="Never", initContainers=SPEC["initContainers"])
+    manifest = pod_manifest(
+        {"name": "main"}, restartPolicy="Never", initContainers=SIDECAR_SPEC["initContainers"]
+    )
 
     async def scenario(context: PodContext) -> None:
         assert context.restarts({"name": "proxy"}, ended(0))
