@@ -123,17 +123,38 @@ def _under(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
+@dataclass(frozen=True)
+class MountEntry:
+    """One line of a /proc/<pid>/mountinfo."""
+
+    point: str  # relative to the process's root
+    options: list[str]  # the mount's own (ro, nosuid …)
+    fstype: str
+    super_options: list[str]  # the filesystem's (for a cgroup hierarchy: its controllers or name)
+
+
+def mount_entries(mountinfo: str) -> list[MountEntry]:
+    entries = []
+    for line in mountinfo.splitlines():
+        mount, _, filesystem = line.partition(" - ")
+        fields = mount.split()
+        fstype, _, super_options = filesystem.split(" ", 2)
+        point = _unescape(fields[4])
+        entries.append(MountEntry(point, fields[5].split(","), fstype, super_options.split(",")))
+    return entries
+
+
 def read_only_paths(mountinfo: str, writable: Iterable[str]) -> list[str]:
     """The mounts a read-only root makes read-only besides the root itself: every writable mount point in
     the pod root's `mountinfo` (the sandbox's) but those at or under a `writable` path."""
     kept = list(writable)
-    points = []
-    for line in mountinfo.splitlines():
-        fields = line.split()
-        point, options = _unescape(fields[4]), fields[5].split(",")
-        if point != "/" and "ro" not in options and not any(_under(point, folder) for folder in kept):
-            points.append(point)
-    return points
+    return [
+        entry.point
+        for entry in mount_entries(mountinfo)
+        if entry.point != "/"
+        and "ro" not in entry.options
+        and not any(_under(entry.point, folder) for folder in kept)
+    ]
 
 
 @dataclass(frozen=True)
@@ -145,14 +166,13 @@ class CgroupMount:
 
 def cgroup_mounts(mountinfo: str) -> list[CgroupMount]:
     """The host's cgroup hierarchies, from its `mountinfo`, to mount again where runc looks for them."""
-    found = []
-    for line in mountinfo.splitlines():
-        mount, _, filesystem = line.partition(" - ")
-        fstype, _, super_options = filesystem.split(" ", 2)
-        if fstype in ("cgroup", "cgroup2"):
-            options = [o for o in super_options.split(",") if o not in ("rw", "ro")]
-            found.append(CgroupMount(_unescape(mount.split()[4]), fstype, ",".join(options)))
-    return found
+    return [
+        CgroupMount(
+            entry.point, entry.fstype, ",".join(o for o in entry.super_options if o not in ("rw", "ro"))
+        )
+        for entry in mount_entries(mountinfo)
+        if entry.fstype in ("cgroup", "cgroup2")
+    ]
 
 
 def _mount_cgroups(mounts: list[CgroupMount]) -> None:
@@ -348,13 +368,13 @@ def _runc_error(bundle: Bundle, fallback: str) -> str:
 
 def _write_config(spec: ContainerSpec, bundle: Bundle) -> None:
     os.makedirs(bundle.host(), exist_ok=True)
-    pod_mounts = Path(f"/proc/{spec.sandbox_pid}/mountinfo").read_text()
-    writable = [*WRITABLE_UNDER_READ_ONLY_ROOT, POD_PRIVATE, *(m.target for m in spec.mounts)]
+    read_only: list[str] = []
+    if spec.read_only_root:  # only then is the pod's mount table needed
+        pod_mounts = Path(f"/proc/{spec.sandbox_pid}/mountinfo").read_text()
+        writable = [*WRITABLE_UNDER_READ_ONLY_ROOT, POD_PRIVATE, *(m.target for m in spec.mounts)]
+        read_only = read_only_paths(pod_mounts, writable)
     config = oci.config(
-        spec,
-        rootfs=bundle.in_pod("rootfs"),
-        read_only_paths=read_only_paths(pod_mounts, writable),
-        cgroup_path="/" + spec.cgroup,
+        spec, rootfs=bundle.in_pod("rootfs"), read_only_paths=read_only, cgroup_path="/" + spec.cgroup
     )
     Path(bundle.host("config.json")).write_text(json.dumps(config))
 
