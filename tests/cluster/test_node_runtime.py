@@ -270,3 +270,16 @@ def test_a_container_whose_shim_vanished_is_reported_unknown_and_ended_before_it
     assert last.reason == "ContainerStatusUnknown"
     assert first.pid not in [p.pid for p in processes_with(marker)], "the first runs beside the second"
     assert processes_with(marker), "the second attempt runs"
+
+
+def test_a_command_runc_cannot_run_ends_in_start_error_with_runcs_message(
+    api_client: client.ApiClient, namespace: str
+) -> None:
+    core = client.CoreV1Api(api_client)
+    manifest = python_pod("no-command", "")
+    manifest["spec"]["containers"][0]["command"] = ["no-such-command"]
+    core.create_namespaced_pod(namespace, manifest)
+    ended = finished(core, namespace, "no-command", timeout=60)
+    terminated = ended.status.container_statuses[0].state.terminated
+    assert (terminated.reason, terminated.exit_code) == ("StartError", 128)
+    assert 'exec: "no-such-command": executable file not found in $PATH' in terminated.message
