@@ -23,6 +23,7 @@ from mlplatform.local.images import (
     host_command,
     load_image_map,
     parse_dockerfile,
+    prepared_key,
     pull_failure,
     repository,
     resolve_image,
@@ -307,3 +308,14 @@ def test_an_unfinished_environment_is_rebuilt(tmp_path: Path) -> None:
     messages: list[str] = []
     ensure_environment(env, tmp_path / "cache", messages.append)
     assert messages[0] == "building environment for test/tiny (an earlier build did not finish) …"
+
+
+def test_an_edited_requirements_file_is_a_new_prepared_image(tmp_path: Path) -> None:
+    """The node keeps prepared images by this key: editing requirements.txt must not reuse the old venv."""
+    (tmp_path / "requirements.txt").write_text("six==1.16.0\n")
+    env = ImageEnvironment("x/y", tmp_path, (), (), "/opt/x", {}, "/opt/x")
+    before = prepared_key(env)
+    (tmp_path / "requirements.txt").write_text("six==1.17.0\n")
+    assert prepared_key(env) != before
+    host = ImageEnvironment("busybox", tmp_path, (), (), "/", {}, "/", host_programs=True)
+    assert prepared_key(host) == str(tmp_path)

@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from mlplatform.local.images import ImageEnvironment, PreparedImage
+from mlplatform.local.images import ImageEnvironment, PreparedImage, prepared_key
 from mlplatform.local.node.containerspec import (
     DEFAULT_PATH,
     container_spec,
@@ -93,7 +93,9 @@ def build(tmp_path: Path, api: FakeNodeApi, container: dict[str, Any], sandbox: 
         async with aiohttp.ClientSession() as http:
             context = pod_context(tmp_path, api, http, manifest)
             context.images["app"] = environment
-            context.node.environments[str(environment.context)] = prepared
+            environment.requirements.parent.mkdir(parents=True, exist_ok=True)
+            environment.requirements.write_text("# nothing\n")
+            context.node.environments[prepared_key(environment)] = prepared
             if sandbox:
                 context.layout.root.mkdir(parents=True)
                 record = SandboxRecord(ProcessRef.of(os.getpid()), "10.244.0.7", "veth0")

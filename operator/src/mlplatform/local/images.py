@@ -400,6 +400,12 @@ def requirements_digest(env: ImageEnvironment) -> str:
     return hashlib.sha256(env.requirements.read_bytes()).hexdigest()
 
 
+def prepared_key(env: ImageEnvironment) -> str:
+    """What a node keeps a prepared image under: its folder and its requirements' hash, so an edited
+    requirements.txt is a new image, as a rebuilt image is a new digest."""
+    return str(env.context) if env.host_programs else f"{env.context}@{requirements_digest(env)[:12]}"
+
+
 def environment_dir(env: ImageEnvironment, cache_dir: Path) -> Path:
     """<cache>/envs/<image with / as ->-<sha256 of requirements.txt, 12 chars>."""
     return cache_dir / "envs" / f"{env.image.replace('/', '-')}-{requirements_digest(env)[:12]}"

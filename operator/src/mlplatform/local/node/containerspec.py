@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mlplatform.local.images import ImageEnvironment, PreparedImage
+from mlplatform.local.images import ImageEnvironment, PreparedImage, prepared_key
 from mlplatform.local.node import runtime
 from mlplatform.local.node.api import NodeApi
 from mlplatform.local.node.environment import (
@@ -130,7 +130,7 @@ async def container_spec(
     """The spec of attempt `number` of a container whose image is prepared, in the pod's sandbox."""
     name = container["name"]
     environment = pod.images[name]
-    prepared = pod.node.environments[str(environment.context)]
+    prepared = pod.node.environments[prepared_key(environment)]
     config_maps, secrets = await volumes.referenced_data()  # read at each start, as the kubelet does
     services = await service_links(pod.node.api, pod.manifest)
     env = image_env(environment, prepared, runtime.pod_hostname(pod.manifest))

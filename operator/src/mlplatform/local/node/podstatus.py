@@ -10,6 +10,7 @@ from typing import Any
 
 from kubernetes_asyncio.client.rest import ApiException
 
+from mlplatform.local.images import prepared_key
 from mlplatform.local.node import runtime
 from mlplatform.local.node.api import rfc3339
 from mlplatform.local.node.containers import PodContainers
@@ -88,7 +89,7 @@ class PodStatusReporter:
         name, pod = container["name"], self.pod
         latest, previous = pod.attempts(name)
         environment = pod.images.get(name)
-        prepared = pod.node.environments.get(str(environment.context)) if environment else None
+        prepared = pod.node.environments.get(prepared_key(environment)) if environment else None
         return container_view(
             container,
             latest,

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mlplatform.local.files import write_if_changed
-from mlplatform.local.images import ensure_image, pull_failure, resolve_image
+from mlplatform.local.images import ensure_image, prepared_key, pull_failure, resolve_image
 from mlplatform.local.node import runtime
 from mlplatform.local.node.containers import PodContainers
 from mlplatform.local.node.containerspec import container_spec
@@ -171,7 +171,7 @@ class PodWorker:
             return False
         assert environment is not None  # pull_failure says why when it is None
         pod.images[name] = environment
-        key = str(environment.context)
+        key = prepared_key(environment)
         if key not in node.environments:
             lock = node.environment_locks.setdefault(key, asyncio.Lock())
             async with lock:
@@ -208,7 +208,7 @@ class PodWorker:
         paths = {str(Path(sys.base_prefix).resolve())}
         for environment in self.pod.images.values():
             paths.add(str(environment.context.resolve()))
-            if (prepared := self.pod.node.environments.get(str(environment.context))) is not None:
+            if (prepared := self.pod.node.environments.get(prepared_key(environment))) is not None:
                 paths.update(str(folder) for folder in prepared.host_folders)
         return sorted(paths)
 
