@@ -57,7 +57,10 @@ def test_no_image_pins_another_mlflow() -> None:
 
 
 @pytest.mark.parametrize(
-    "image", [e for e in load_image_map() if e.image.startswith("mlplatform/")], ids=lambda e: e.image
+    "image",
+    # The operator speaks MLflow's REST API itself and carries no MLflow.
+    [e for e in load_image_map() if e.image.startswith("mlplatform/") and e.image != "mlplatform/operator"],
+    ids=lambda e: e.image,
 )
 def test_every_platform_image_pins_mlflow_exactly(image: ImageEnvironment) -> None:
     assert ("mlflow", "==", MLFLOW_VERSION) in pins(image.requirements)

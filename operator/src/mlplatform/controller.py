@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 from typing import Any
 
 import kopf
+from kopf._core.engines import peering
 from prometheus_client import start_http_server
 
 from mlplatform import names, webhooks
@@ -127,6 +129,8 @@ def run(settings: OperatorSettings, log_format: str = "json", verbose: bool = Fa
             namespaces=settings.namespaces,
             liveness_endpoint=f"http://{settings.listen_address}:{settings.health_port}/healthz",
             standalone=True,
+            # kopf would name itself after the login user, which a container's numeric uid has not.
+            identity=peering.Identity(os.environ.get("POD_NAME") or socket.gethostname()),
             memo=kopf.Memo(),
         )
     )
