@@ -113,6 +113,15 @@ def kubectl_bin(request: pytest.FixtureRequest) -> Path:
 
 
 @pytest.fixture(scope="session")
+def helm_bin(kubectl_bin: Path) -> Path:
+    """helm of the local cluster's tools (beside its kubectl), else the one on PATH."""
+    beside = kubectl_bin.with_name("helm")
+    found = beside if beside.exists() else shutil.which("helm")
+    assert found, "helm is neither beside kubectl nor on PATH"
+    return Path(found)
+
+
+@pytest.fixture(scope="session")
 def api_client(kubeconfig: Path) -> client.ApiClient:
     """A Kubernetes client configured from the cluster's admin kubeconfig."""
     return config.new_client_from_config(config_file=str(kubeconfig))
