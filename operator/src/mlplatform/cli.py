@@ -7,6 +7,7 @@ import sys
 import click
 
 from mlplatform import __version__
+from mlplatform.demo import demo
 from mlplatform.local.cli import local
 from mlplatform.local.errors import LocalError
 from mlplatform.operator_cli import operator
@@ -20,6 +21,7 @@ def cli() -> None:
 
 cli.add_command(local)
 cli.add_command(operator)
+cli.add_command(demo)
 
 
 def _fail(message: str, code: int) -> None:
