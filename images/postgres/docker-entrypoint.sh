@@ -103,6 +103,7 @@ initialise() {
   password_file="$(mktemp)"
   printf '%s\n' "$POSTGRES_PASSWORD" >"$password_file" # initdb refuses an empty file
   local waldir=()
+  # shellcheck disable=SC2034 # expanded inside the eval below
   if [ -n "${POSTGRES_INITDB_WALDIR:-}" ]; then
     waldir=(--waldir "$POSTGRES_INITDB_WALDIR")
   fi
@@ -116,7 +117,7 @@ initialise() {
 }
 
 run_sql() {
-  PGHOST= PGHOSTADDR= psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --no-password --no-psqlrc \
+  PGHOST='' PGHOSTADDR='' psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --no-password --no-psqlrc \
     --dbname "${POSTGRES_DB:-postgres}" "$@"
 }
 
@@ -124,13 +125,17 @@ run_sql() {
 set_up_database() {
   export PGPASSWORD="${PGPASSWORD:-$POSTGRES_PASSWORD}"
   PGUSER="${PGUSER:-$POSTGRES_USER}" pg_ctl -D "$PGDATA" -o "-c listen_addresses='' -p ${PGPORT:-5432}" -w start
-  if [ -z "$(POSTGRES_DB=postgres run_sql --set db="$POSTGRES_DB" --tuples-only <<<"SELECT 1 FROM pg_database WHERE datname = :'db';")" ]; then
-    POSTGRES_DB=postgres run_sql --set db="$POSTGRES_DB" <<<'CREATE DATABASE :"db";'
+  local database="$POSTGRES_DB" # run_sql connects to `postgres` to create it
+  if [ -z "$(POSTGRES_DB=postgres run_sql --set db="$database" --tuples-only <<<"SELECT 1 FROM pg_database WHERE datname = :'db';")" ]; then
+    POSTGRES_DB=postgres run_sql --set db="$database" <<<'CREATE DATABASE :"db";'
   fi
   local script
   for script in /docker-entrypoint-initdb.d/*; do
     case "$script" in
-      *.sh) echo "$0: running $script"; if [ -x "$script" ]; then "$script"; else . "$script"; fi ;;
+      *.sh)
+        echo "$0: running $script"
+        # shellcheck source=/dev/null # the user's init scripts
+        if [ -x "$script" ]; then "$script"; else . "$script"; fi ;;
       *.sql) echo "$0: running $script"; run_sql -f "$script" ;;
       *) if [ -e "$script" ]; then echo "$0: ignoring $script"; fi ;;
     esac
@@ -155,7 +160,7 @@ main() {
     read_settings
     create_directories
     if [ "$(id -u)" = 0 ]; then
-      exec setpriv --reuid=postgres --regid=postgres --init-groups "$BASH_SOURCE" "$@"
+      exec setpriv --reuid=postgres --regid=postgres --init-groups "${BASH_SOURCE[0]}" "$@"
     fi
     if [ -z "$DATABASE_ALREADY_EXISTS" ]; then
       refuse_without_password
