@@ -263,8 +263,9 @@ def test_a_container_whose_shim_vanished_is_reported_unknown_and_ended_before_it
     shim.kill()
 
     def restarted() -> Any:
-        status = pod(core, namespace, "orphan").status.container_statuses[0]
-        return status.restart_count >= 1 and status.state.running and status.last_state.terminated
+        statuses = pod(core, namespace, "orphan").status.container_statuses  # None until first reported
+        status = statuses[0] if statuses else None
+        return status and status.restart_count >= 1 and status.state.running and status.last_state.terminated
 
     last = eventually(restarted, timeout=60, what="the container restarted")
     assert last.reason == "ContainerStatusUnknown"

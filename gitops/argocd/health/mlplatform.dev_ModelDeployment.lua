@@ -3,6 +3,8 @@
 -- Healthy; a rollout under way is Progressing (even while the old version still serves); a version that
 -- was rolled back, a rollout past its deadline or a model the registry does not have is Degraded with the
 -- reason. Standard libraries are off in Argo CD: only base functions are used here.
+-- Argo CD runs each script on its own, with no shared modules: the helpers below are repeated in the
+-- other kind's script.
 local hs = {}
 
 local function findCondition(conditions, conditionType)

@@ -2,6 +2,8 @@
 -- (Ready, Reconciling, Stalled) and status.observedGeneration. A run that succeeded is Healthy, one that
 -- failed is Degraded with the reason, one suspended by spec.suspend is Suspended; anything before the
 -- result is Progressing. Standard libraries are off in Argo CD: only base functions are used here.
+-- Argo CD runs each script on its own, with no shared modules: the helpers below are repeated in the
+-- other kind's script.
 local hs = {}
 
 local function findCondition(conditions, conditionType)
