@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from mlplatform.local.images import (
     load_image_map,
     resolve_image,
 )
+from operator_process import free_port
 
 SCRIPTS = Path(__file__).parent / "scripts"
 
@@ -110,13 +110,6 @@ def images(build_image: Callable[[str, Path], Image]) -> dict[str, Image]:
         assert environment is not None, name
         built[name.split("/")[1]] = build_image(name, environment.context)
     return built
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -20,6 +19,7 @@ import requests
 from kube import eventually
 from mlplatform.local.config import StateLayout, default_cache_dir
 from mlplatform.local.stack import postgres, tracking
+from operator_process import free_port
 from server_image import load_entrypoint
 
 if TYPE_CHECKING:
@@ -202,9 +202,7 @@ def azurite_program() -> Path:
 @pytest.fixture
 def azurite(azurite_program: Path, tmp_path: Path, stopper: list[subprocess.Popen[str]]) -> Iterator[str]:
     """A fresh Azurite blob service on loopback; yields its blob endpoint."""
-    with socket.socket() as probe:  # a port of its own: the test's `port` is the server's
-        probe.bind(("127.0.0.1", 0))
-        blob_port = probe.getsockname()[1]
+    blob_port = free_port()  # a port of its own: the test's `port` is the server's
     proc = subprocess.Popen(
         [
             str(azurite_program),
