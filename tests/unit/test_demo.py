@@ -6,8 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 from mlplatform.demo import (
+    MODELDEPLOYMENT_EXAMPLE,
     PREDICTION_INPUT,
+    TRAININGRUN_EXAMPLE,
     DemoSettings,
+    example_name,
     helm_install_args,
     modeldeployment_outcome,
     prediction_pod,
@@ -63,3 +66,8 @@ def test_a_modeldeployment_is_done_when_ready_and_fails_on_reasons_that_will_not
     assert modeldeployment_outcome(rolling) is None
     assert modeldeployment_outcome({}) is None
     assert modeldeployment_outcome(missing) == "ModelNotFound: no alias"
+
+
+def test_the_examples_names_are_read_from_their_files() -> None:
+    assert example_name(TRAININGRUN_EXAMPLE) == "diabetes-candidate"
+    assert example_name(MODELDEPLOYMENT_EXAMPLE) == "diabetes"

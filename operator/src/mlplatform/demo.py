@@ -20,8 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import click
+import yaml
 
 from mlplatform import names
+
+Manifest = dict[str, Any]
 
 REPOSITORY = Path(__file__).resolve().parents[3]
 TRAININGRUN_EXAMPLE = "examples/trainingrun-promotion.yaml"
@@ -119,6 +122,11 @@ def prediction_pod(settings: DemoSettings, url: str, body: Mapping[str, Any]) ->
     }
 
 
+def example_name(example: str) -> str:
+    """The name in an example's manifest (each example holds one object)."""
+    return str(yaml.safe_load((REPOSITORY / example).read_text())["metadata"]["name"])
+
+
 def condition(obj: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
     found = [c for c in obj.get("status", {}).get("conditions", []) if c.get("type") == kind]
     return found[0] if found else {}
@@ -180,16 +188,28 @@ class Demo:
             f"[{time.monotonic() - self.started:6.1f}s] ✓ {title} ({time.monotonic() - begun:.1f}s){result}"
         )
 
-    def wait_for(self, what: str, outcome: Callable[[], str | None]) -> str:
+    def wait_for(
+        self, what: str, fetch: Callable[[], Manifest], outcome: Callable[[Manifest], str | None]
+    ) -> Manifest:
+        """Fetch the object until `outcome` says it is done (""), or why it will not be; return it."""
         deadline = time.monotonic() + self.settings.timeout
         while time.monotonic() < deadline:
-            verdict = outcome()
+            current = fetch()
+            verdict = outcome(current)
             if verdict == "":
-                return ""
+                return current
             if verdict is not None:
                 raise RuntimeError(verdict)
             time.sleep(2)
         raise TimeoutError(f"{what} within {self.settings.timeout}s")
+
+    def apply_and_wait(self, example: str, kind: str, outcome: Callable[[Manifest], str | None]) -> Manifest:
+        """Apply an example into the workload namespace and wait for its outcome; its final state."""
+        namespace, name = self.settings.workload_namespace, example_name(example)
+        self.kubectl("apply", "-n", namespace, "-f", str(REPOSITORY / example))
+        return self.wait_for(
+            f"{kind} {name} did not finish", lambda: self.get(kind, name, namespace), outcome
+        )
 
     # --- what a failing step shows -------------------------------------------------------------------
 
@@ -225,14 +245,7 @@ class Demo:
         return ""
 
     def train(self) -> str:
-        namespace = self.settings.workload_namespace
-        self.kubectl("apply", "-n", namespace, "-f", str(REPOSITORY / TRAININGRUN_EXAMPLE))
-        name = self.example_name(TRAININGRUN_EXAMPLE)
-        self.wait_for(
-            f"TrainingRun {name} did not succeed",
-            lambda: trainingrun_outcome(self.get("trainingrun", name, namespace)),
-        )
-        run = self.get("trainingrun", name, namespace)["status"]
+        run = self.apply_and_wait(TRAININGRUN_EXAMPLE, "trainingrun", trainingrun_outcome)["status"]
         metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(run.get("metrics", {}).items())[:4])
         model = run["model"]
         return (
@@ -241,38 +254,31 @@ class Demo:
         )
 
     def serve(self) -> str:
-        namespace = self.settings.workload_namespace
-        self.kubectl("apply", "-n", namespace, "-f", str(REPOSITORY / MODELDEPLOYMENT_EXAMPLE))
-        name = self.example_name(MODELDEPLOYMENT_EXAMPLE)
-        self.wait_for(
-            f"ModelDeployment {name} was not Ready",
-            lambda: modeldeployment_outcome(self.get("modeldeployment", name, namespace)),
-        )
-        status = self.get("modeldeployment", name, namespace)["status"]
+        deployment = self.apply_and_wait(MODELDEPLOYMENT_EXAMPLE, "modeldeployment", modeldeployment_outcome)
+        status = deployment["status"]
         return f"\n         version {status['modelVersion']} serves at {status['url']}"
 
     def predict(self) -> str:
         namespace = self.settings.workload_namespace
-        name = self.example_name(MODELDEPLOYMENT_EXAMPLE)
-        url = self.get("modeldeployment", name, namespace)["status"]["url"]
+        url = self.get("modeldeployment", example_name(MODELDEPLOYMENT_EXAMPLE), namespace)["status"]["url"]
         self.kubectl("delete", "pod", PREDICTION_POD, "-n", namespace, "--ignore-not-found", "--wait=true")
         pod = prediction_pod(self.settings, url, PREDICTION_INPUT)
         self.kubectl("apply", "-f", "-", stdin=json.dumps(pod))
-        self.wait_for(f"pod {PREDICTION_POD} did not finish", lambda: self.pod_outcome(namespace))
+        self.wait_for(
+            f"pod {PREDICTION_POD} did not finish",
+            lambda: self.get("pod", PREDICTION_POD, namespace),
+            lambda pod: self.pod_outcome(pod, namespace),
+        )
         answer = self.kubectl("logs", PREDICTION_POD, "-n", namespace).strip()
         return f"\n         POST {url}\n         {json.dumps(PREDICTION_INPUT)}\n         → {answer}"
 
-    def pod_outcome(self, namespace: str) -> str | None:
-        phase = self.get("pod", PREDICTION_POD, namespace).get("status", {}).get("phase")
+    def pod_outcome(self, pod: Manifest, namespace: str) -> str | None:
+        phase = pod.get("status", {}).get("phase")
         if phase == "Succeeded":
             return ""
         if phase == "Failed":
             return "the prediction request failed: " + self.kubectl("logs", PREDICTION_POD, "-n", namespace)
         return None
-
-    def example_name(self, example: str) -> str:
-        return str(json.loads(self.kubectl("create", "--dry-run=client", "-o", "json", "-f",
-                                           str(REPOSITORY / example)))["metadata"]["name"])  # fmt: skip
 
     def next_steps(self) -> str:
         s = self.settings
@@ -306,13 +312,13 @@ What runs:
         self.step(
             f"train: {TRAININGRUN_EXAMPLE} in namespace {workload}",
             self.train,
-            lambda: self.describe("trainingrun", self.example_name(TRAININGRUN_EXAMPLE), workload,
+            lambda: self.describe("trainingrun", example_name(TRAININGRUN_EXAMPLE), workload,
                                   names.LABEL_TRAININGRUN),
         )  # fmt: skip
         self.step(
             f"serve: {MODELDEPLOYMENT_EXAMPLE}",
             self.serve,
-            lambda: self.describe("modeldeployment", self.example_name(MODELDEPLOYMENT_EXAMPLE), workload,
+            lambda: self.describe("modeldeployment", example_name(MODELDEPLOYMENT_EXAMPLE), workload,
                                   names.LABEL_MODELDEPLOYMENT),
         )  # fmt: skip
         self.step(
