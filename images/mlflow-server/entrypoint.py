@@ -66,6 +66,10 @@ TRANSIENT_POSTGRES_ERRORS = (
 # PyMySQL's error codes worth waiting out: 2003 is every socket error (refused, unknown host, timeout),
 # 2006/2013 a connection lost while the server starts, 1040 too many connections, 1053 a shutdown.
 TRANSIENT_MYSQL_CODES = frozenset({2003, 2006, 2013, 1040, 1053})
+# libpq waits on a connection attempt as long as TCP does (minutes) unless told: a database that moved
+# (its pod replaced, a Service endpoint not yet updated) must fail a request in seconds, not hang it.
+# A connect_timeout in the URI, or PGCONNECT_TIMEOUT set by the user, wins.
+POSTGRES_CONNECT_TIMEOUT = "10"
 MYSQL_TLS_OPTIONS = ("ssl_ca", "ssl_cert", "ssl_key")  # URI query options PyMySQL takes as they are
 # The migration lock. Any fixed values work; every pod must use the same. A PostgreSQL advisory lock is
 # scoped to one database, a MySQL named lock to one server.
@@ -596,6 +600,14 @@ def preflight() -> None:
     checked_artifact_store()
 
 
+def server_environment(environ: Mapping[str, str], db: Database) -> dict[str, str]:
+    """The variables the MLflow server process gets on top of `environ`."""
+    extra = {"MLFLOW_BACKEND_STORE_URI": db.uri}
+    if db.driver == POSTGRES_DRIVER and "PGCONNECT_TIMEOUT" not in environ:
+        extra["PGCONNECT_TIMEOUT"] = POSTGRES_CONNECT_TIMEOUT
+    return extra
+
+
 def serve() -> None:
     mode = upgrade_mode(os.environ.get("MLPLATFORM_DB_UPGRADE", ""))
     db = checked_database()
@@ -604,7 +616,7 @@ def serve() -> None:
         upgrade_database(db, mode)
     # mlflow server reads the store URI, destination, host, port, workers and allowed hosts from the
     # environment: nothing secret reaches its argv.
-    os.environ["MLFLOW_BACKEND_STORE_URI"] = db.uri
+    os.environ.update(server_environment(os.environ, db))
     log(f"starting mlflow server: backend {db.display}, artifacts {store.destination} (proxied)")
     argv = [sys.executable, "-m", "mlflow", "server", "--serve-artifacts"]
     if app := os.environ.get("MLPLATFORM_APP_NAME"):  # e.g. basic-auth: MLflow's authentication app

@@ -8,6 +8,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -110,18 +111,16 @@ def test_data_survives_the_postgresql_pod(release: Release, api_client: client.A
         timeout=180,
         what="a new PostgreSQL pod is ready",
     )
-    found = eventually(
-        lambda: (
-            (
-                r := requests.get(
-                    f"{api}/get-by-name", params={"experiment_name": "survives-restart"}, timeout=10
-                )
-            ).ok
-            and r.json()
-        ),
-        timeout=60,
-        what="MLflow answers from the restarted database",
-    )
+
+    def experiment() -> Any:
+        # Until its Service's endpoints follow the new pod, a request may fail or time out: clients retry.
+        try:
+            r = requests.get(f"{api}/get-by-name", params={"experiment_name": "survives-restart"}, timeout=15)
+        except requests.RequestException:
+            return None
+        return r.ok and r.json()
+
+    found = eventually(experiment, timeout=120, what="MLflow answers from the restarted database")
     assert found["experiment"]["experiment_id"] == created.json()["experiment_id"]
 
 

@@ -81,6 +81,17 @@ def test_libpq_variables_fill_what_a_postgresql_uri_leaves_out() -> None:
     assert database.connect_args == {"dbname": "runs", "sslmode": "require"}
 
 
+def test_the_server_gives_up_on_an_unreachable_postgresql_in_seconds_unless_told_otherwise() -> None:
+    postgres = entrypoint.database_from("postgresql+psycopg2://ml@db/mlflow")
+    assert entrypoint.server_environment({}, postgres) == {
+        "MLFLOW_BACKEND_STORE_URI": postgres.uri,
+        "PGCONNECT_TIMEOUT": entrypoint.POSTGRES_CONNECT_TIMEOUT,
+    }
+    assert "PGCONNECT_TIMEOUT" not in entrypoint.server_environment({"PGCONNECT_TIMEOUT": "30"}, postgres)
+    mysql = entrypoint.database_from("mysql+pymysql://ml@mysql/mlflow")  # PyMySQL's own default: 10 s
+    assert entrypoint.server_environment({}, mysql) == {"MLFLOW_BACKEND_STORE_URI": mysql.uri}
+
+
 def test_mysql_connects_with_its_default_port_and_tls_options() -> None:
     database = entrypoint.database_from("mysql+pymysql://ml@mysql/mlflow?ssl_ca=/ca.pem&charset=utf8mb4")
     assert database.connect_args == {
