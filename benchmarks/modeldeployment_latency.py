@@ -523,7 +523,7 @@ def alias_moves(
         for index in range(runs):
             old = registry.sources[current]
             new_version = registry.register(1 - old)  # the version-created webhook changes nothing
-            # Spread over the poll interval (the daemon's timer restarts with each pass, the last one about
+            # Spread over the poll interval (the object's timer restarts with each pass, the last one about
             # when the rollout settled), or just past the pass the version-created webhook wakes.
             delay = poll_interval * (index + 0.5) / runs if spread else 2.0
             time.sleep(delay)

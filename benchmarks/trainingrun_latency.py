@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from common import start_operator
 from kubernetes import client, config, watch
 
 from mlplatform import names
@@ -34,26 +35,6 @@ from mlplatform.local.stack.tracking import in_cluster_uri
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "trainingrun-sklearn-configmap.yaml"
-
-
-def start_operator(kubeconfig: Path, tracking_uri: str, pod_uri: str, log: Path) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "KUBECONFIG": str(kubeconfig),
-        "MLPLATFORM_TRACKING_URI": tracking_uri,
-        "MLPLATFORM_POD_TRACKING_URI": pod_uri,
-        "MLPLATFORM_LISTEN_ADDRESS": "127.0.0.1",
-        "MLPLATFORM_HEALTH_PORT": "28080",
-        "MLPLATFORM_METRICS_PORT": "29090",
-    }
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "mlplatform.cli", "operator"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
 
 
 class JobWatcher(threading.Thread):

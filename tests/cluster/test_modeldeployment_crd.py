@@ -29,6 +29,7 @@ FULL_SPEC: Spec = {
     "rollout": {"maxUnavailable": 0, "maxSurge": "25%", "progressDeadlineSeconds": 120, "autoRollback": True},
     "pollIntervalSeconds": 15,
     "workers": 2,
+    "server": "mlflow",
     "env": [
         {"name": "LOG_LEVEL", "value": "debug"},
         {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "tokens", "key": "token"}}},
@@ -99,6 +100,7 @@ def test_defaults_are_filled_in_by_the_apiserver(
         "replicas": 1,
         "pollIntervalSeconds": 30,
         "workers": 1,
+        "server": "mlplatform",
         "rollout": DEFAULT_ROLLOUT,
     }
     scaled = {**minimal, "autoscaling": {"maxReplicas": 4}, "rollout": {"progressDeadlineSeconds": 60}}
@@ -240,6 +242,7 @@ INVALID = [
         id="poll-too-often",
     ),
     pytest.param(set_field("workers", 0), ["spec.workers", "greater than or equal to 1"], id="no-workers"),
+    pytest.param(set_field("server", "seldon"), ["spec.server", "Unsupported value"], id="unknown-server"),
     pytest.param(
         set_field("rollout.progressDeadlineSeconds", 5),
         ["spec.rollout.progressDeadlineSeconds", "greater than or equal to 10"],

@@ -232,7 +232,7 @@ def test_serves_the_champion_as_mlflow_itself_predicts_in_every_format(
         kubectl_bin,
         kubeconfig,
         namespace,
-        python_pod(name_of, GET_PATHS, base_url, "/ping", "/health", "/version"),
+        python_pod(name_of, GET_PATHS, base_url, "/ping", "/health", "/version", "/metadata"),
     )
     pod = finished(core, namespace, name_of, timeout=120)
     log = core.read_namespaced_pod_log(name_of, namespace)
@@ -240,6 +240,9 @@ def test_serves_the_champion_as_mlflow_itself_predicts_in_every_format(
     paths = json.loads(log.strip().splitlines()[-1])
     assert [paths[p]["status"] for p in ("/ping", "/health", "/version")] == [200, 200, 200], paths
     assert paths["/version"]["body"].strip() == MLFLOW_VERSION
+    # The platform's server took the scikit-learn fast path (its ConfigMap mounted, its libraries there).
+    metadata = json.loads(paths["/metadata"]["body"])
+    assert (metadata["server"], metadata["path"], metadata["http"]) == ("mlplatform", "native", "httptools")
 
 
 def test_an_alias_move_rolls_out_with_no_failed_request_and_a_broken_version_rolls_back(

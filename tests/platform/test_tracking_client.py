@@ -42,6 +42,9 @@ def test_server_version_and_experiments(mlflow_stack: Stack, experiment: str) ->
             assert len(set(ids)) == 1
 
             assert mlflow_stack.api("POST", "experiments/delete", json={"experiment_id": first}).ok
+            # The id is remembered (no call per run) until the caller forgets it, as after a failed run.
+            assert await client.get_or_create_experiment(experiment) == first
+            assert client.forget_experiment(experiment)
             with pytest.raises(MlflowError, match=f"{experiment}.*is deleted"):
                 await client.get_or_create_experiment(experiment)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from mlplatform import names
+from mlplatform import names, serving
 from mlplatform.api.modeldeployment import ModelDeploymentSpec, parse_spec
 from mlplatform.builders.common import LABEL_VALUE_LIMIT, short_name
 from mlplatform.builders.modeldeployment import (
@@ -17,6 +17,7 @@ from mlplatform.builders.modeldeployment import (
     FETCH_CONTAINER,
     MODEL_DIR,
     SERVER_CONTAINER,
+    SERVER_DIR,
     SERVER_PORT,
     ServedVersion,
     ServingSettings,
@@ -26,13 +27,17 @@ from mlplatform.builders.modeldeployment import (
     build_disruption_budget,
     build_service,
     selector_labels,
+    server_configmap_name,
     service_url,
 )
 
 Manifest = dict[str, Any]
 
+SOURCE = "print('a model server')\n"
 SETTINGS = ServingSettings(
-    tracking_uri="http://mlflow.mlplatform-system.svc:5000", tracking_secret="mlflow-tracking"
+    tracking_uri="http://mlflow.mlplatform-system.svc:5000",
+    tracking_secret="mlflow-tracking",
+    server_source=SOURCE,
 )
 SERVED = ServedVersion(model="wine", version="7", image="registry.local/trainer-sklearn:0.1.0")
 MODEL = {"name": "wine", "alias": "champion"}
@@ -158,9 +163,35 @@ def test_without_a_tracking_secret_no_secret_is_referenced() -> None:
 # --- the server container serves it --------------------------------------------------------------------
 
 
-def test_the_server_serves_the_downloaded_model_with_mlflow() -> None:
+def test_the_platform_server_serves_the_downloaded_model_by_default() -> None:
     container = server(deployment({"workers": 3}))
     command = container["command"]
+    assert command[:2] == ["python", f"{SERVER_DIR}/{serving.SCRIPT_NAME}"], "the image's python runs it"
+    assert command[command.index("--model-dir") + 1] == MODEL_DIR
+    assert command[command.index("--port") + 1] == str(SERVER_PORT)
+    assert command[command.index("--workers") + 1] == "3"
+    assert container["ports"] == [{"name": "http", "containerPort": SERVER_PORT, "protocol": "TCP"}]
+    assert {"name": "model", "mountPath": MODEL_DIR, "readOnly": True} in container["volumeMounts"]
+    assert {"name": "server", "mountPath": SERVER_DIR, "readOnly": True} in container["volumeMounts"]
+    assert container["image"] == SERVED.image
+
+
+def test_the_server_comes_from_a_configmap_of_its_source_and_a_new_source_rolls_the_pods() -> None:
+    wanted, unwanted = children()
+    configmap = wanted[0]
+    assert configmap["kind"] == "ConfigMap" and configmap["data"] == {serving.SCRIPT_NAME: SOURCE}
+    assert configmap["metadata"]["name"] == server_configmap_name(NAME) == f"{NAME}-server"
+    assert {"name": "server", "configMap": {"name": f"{NAME}-server"}} in pod(wanted[1])["volumes"]
+    assert ("ConfigMap", f"{NAME}-server") not in unwanted
+    digest = template_annotations(deployment())[names.ANNOTATION_SERVER_DIGEST]
+    other = ServingSettings(SETTINGS.tracking_uri, SETTINGS.tracking_secret, server_source=SOURCE + "# new\n")
+    assert template_annotations(deployment(settings=other))[names.ANNOTATION_SERVER_DIGEST] != digest
+    assert template_annotations(deployment())[names.ANNOTATION_SERVER_DIGEST] == digest, "stable"
+
+
+def test_server_mlflow_serves_with_mlflow_models_serve_and_wants_no_configmap() -> None:
+    built = deployment({"workers": 3, "server": "mlflow"})
+    command = server(built)["command"]
     assert command[:2] == ["python", "-c"] and "mlflow.cli" in command[2], "mlflow's CLI, passing SIGTERM on"
     assert command[3:5] == ["models", "serve"]
     assert command[command.index("--model-uri") + 1] == MODEL_DIR
@@ -168,9 +199,15 @@ def test_the_server_serves_the_downloaded_model_with_mlflow() -> None:
     assert command[command.index("--port") + 1] == str(SERVER_PORT)
     assert command[command.index("--workers") + 1] == "3"
     assert command[command.index("--host") + 1] == "0.0.0.0"
-    assert container["ports"] == [{"name": "http", "containerPort": SERVER_PORT, "protocol": "TCP"}]
-    assert {"name": "model", "mountPath": MODEL_DIR, "readOnly": True} in container["volumeMounts"]
-    assert container["image"] == SERVED.image
+    assert not any(v["name"] == "server" for v in pod(built)["volumes"])
+    assert names.ANNOTATION_SERVER_DIGEST not in template_annotations(built)
+    wanted, unwanted = children({"server": "mlflow"})
+    assert "ConfigMap" not in [m["kind"] for m in wanted] and ("ConfigMap", f"{NAME}-server") in unwanted
+
+
+def template_annotations(built: Manifest) -> dict[str, str]:
+    annotations: dict[str, str] = built["spec"]["template"]["metadata"]["annotations"]
+    return annotations
 
 
 def test_the_server_is_probed_over_http() -> None:
@@ -297,8 +334,7 @@ def test_no_manifest_carries_a_credential_only_secret_references() -> None:
         for text in strings(manifest):
             assert not re.search(r"://[^/@\s]+:[^/@\s]+@", text), f"credentials in a URL: {text}"
             assert "minio" not in text.lower() and "postgres" not in text.lower(), text
-    built = wanted[0]
-    assert built["kind"] == "Deployment"
+    built = next(m for m in wanted if m["kind"] == "Deployment")
     references = [e for c in (fetch(built), server(built)) for e in c.get("envFrom", []) if "secretRef" in e]
     assert references == [{"secretRef": {"name": "mlflow-tracking", "optional": True}}]
 
@@ -309,6 +345,7 @@ def test_no_manifest_carries_a_credential_only_secret_references() -> None:
 def test_every_child_is_owned_and_labelled() -> None:
     wanted, _ = children({"autoscaling": {"minReplicas": 2, "maxReplicas": 4}})
     assert [m["kind"] for m in wanted] == [
+        "ConfigMap",
         "Deployment",
         "Service",
         "HorizontalPodAutoscaler",
@@ -396,7 +433,7 @@ def test_build_children_wants_and_unwants_by_the_spec(
     fields: dict[str, Any], wanted_kinds: list[str], unwanted_kinds: list[str]
 ) -> None:
     wanted, unwanted = children(fields)
-    assert [m["kind"] for m in wanted] == wanted_kinds
+    assert [m["kind"] for m in wanted] == ["ConfigMap", *wanted_kinds]
     assert unwanted == [(kind, NAME) for kind in unwanted_kinds]
     assert not {m["kind"] for m in wanted} & set(unwanted_kinds)
 
@@ -409,6 +446,8 @@ def test_a_long_name_is_shortened_the_same_way_everywhere() -> None:
     short = short_name(name)
     assert len(short) <= LABEL_VALUE_LIMIT and short != short_name("a" * 99)
     wanted, unwanted = children({"autoscaling": {"minReplicas": 2, "maxReplicas": 4}}, name=name)
+    configmap, *wanted = wanted
+    assert configmap["metadata"]["name"] == f"{short}-server"
     for manifest in wanted:
         assert manifest["metadata"]["name"] == short, manifest["kind"]
         assert manifest["metadata"]["ownerReferences"][0]["name"] == name, "the owner by its own name"

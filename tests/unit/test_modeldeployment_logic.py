@@ -32,6 +32,7 @@ from mlplatform.handlers.modeldeployment import (
     Versions,
     child_key,
     degraded_condition,
+    deployment_summary,
     last_message,
     own_key,
     read_rollout,
@@ -456,3 +457,12 @@ def test_a_deployment_and_its_modeldeployment_share_a_key() -> None:
     assert own_key("team-a", long_name) == child_key("team-a", labels(long_name))
     assert own_key("team-a", long_name) != own_key("team-b", long_name)
     assert child_key("team-a", {names.LABEL_TRAININGRUN: "wine-api"}) != own_key("team-a", "wine-api")
+
+
+@pytest.mark.parametrize("generation", [1, 2])
+def test_the_deployment_summary_reads_as_the_whole_deployment(generation: int) -> None:
+    status = {"observedGeneration": 1, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 2}
+    deployment = applied("8", generation=generation, status=status)
+    summary = deployment_summary(deployment)
+    assert read_rollout(summary) == read_rollout(deployment)
+    assert "containers" not in str(summary), "no pod template kept"

@@ -61,6 +61,9 @@ def test_every_trainer_has_what_every_trainer_needs() -> None:
         "boto3",
         "psycopg2-binary",
         "pillow",
+        "httptools",  # the model server's HTTP parser, event loop and JSON decoder
+        "uvloop",
+        "orjson",
     }
     for folder in FOLDERS:
         assert minimal <= requirement_lines(folder), f"{folder.name} lacks part of the minimal set"

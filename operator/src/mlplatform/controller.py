@@ -6,9 +6,12 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import logging
 import os
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import kopf
@@ -25,6 +28,7 @@ from mlplatform.settings import WEBHOOK_SECRET_ENV, OperatorSettings
 from mlplatform.tracking import Credentials, MlflowClient
 
 logger = logging.getLogger("mlplatform.operator")
+MEMORY_RETURN_SECONDS = 30.0
 
 
 def configure_kopf(settings: kopf.OperatorSettings) -> None:
@@ -65,12 +69,13 @@ def make_startup(operator_settings: OperatorSettings) -> Any:
         configure_kopf(settings)
         mlflow = MlflowClient(operator_settings.tracking_uri, credentials=Credentials.from_env(os.environ))
         api = await connect()
-        ctx = OperatorContext(operator_settings, mlflow, Registry(mlflow), Kube(api))
+        ctx = OperatorContext(operator_settings, mlflow, Registry(mlflow), Kube(api), settings)
         memo["context"] = ctx
         register_phases(trainingrun.KIND, ctx.phases)
         if (hooks := webhook_settings(operator_settings)) is not None:
             memo["webhooks"] = await start_webhooks(ctx, hooks)
         start_http_server(operator_settings.metrics_port, addr=operator_settings.listen_address)
+        memo["memory_return"] = asyncio.create_task(return_freed_memory(), name="return freed memory")
         logger.info(
             "operator started: MLflow at %s (pods use %s), namespaces %s",
             operator_settings.tracking_uri,
@@ -105,13 +110,37 @@ async def start_webhooks(
     )
 
 
+def malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, where the C library has it (not musl, not macOS)."""
+    found = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(found) if found else None
+    trim: Callable[[int], int] | None = getattr(libc, "malloc_trim", None)
+    return trim
+
+
+async def return_freed_memory() -> None:
+    """Give the C heap's free pages back to the system now and then: after a burst (thousands of objects
+    listed or created at once) glibc keeps what Python freed, and the resident size would stay at the
+    burst's peak for the life of the process."""
+    trim = malloc_trim()
+    if trim is None:
+        return
+    while True:
+        await asyncio.sleep(MEMORY_RETURN_SECONDS)
+        trim(0)
+
+
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     ctx: OperatorContext | None = memo.get("context")
+    if (memory_return := memo.get("memory_return")) is not None:
+        memory_return.cancel()
     if (receiver := memo.get("webhooks")) is not None:
         runner, registration = receiver
         registration.cancel()
         await runner.cleanup()
     if ctx is not None:
+        if ctx.serving is not None:
+            ctx.serving.close()
         await ctx.mlflow.close()
         await ctx.kube.api.close()
 

@@ -57,6 +57,7 @@ class Kube:
         self._namespaced: dict[str, tuple[Any, Any]] = {
             "Deployment": (apps.patch_namespaced_deployment, apps.delete_namespaced_deployment),
             "Service": (self.core.patch_namespaced_service, self.core.delete_namespaced_service),
+            "ConfigMap": (self.core.patch_namespaced_config_map, self.core.delete_namespaced_config_map),
             "HorizontalPodAutoscaler": (
                 autoscaling.patch_namespaced_horizontal_pod_autoscaler,
                 autoscaling.delete_namespaced_horizontal_pod_autoscaler,

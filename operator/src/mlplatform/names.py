@@ -25,6 +25,7 @@ LABEL_TRAININGRUN: Final = f"{GROUP}/trainingrun"
 LABEL_MODELDEPLOYMENT: Final = f"{GROUP}/modeldeployment"
 LABEL_MODEL_VERSION: Final = f"{GROUP}/model-version"  # on serving pods: the version they serve
 ANNOTATION_MODEL_URI: Final = f"{GROUP}/model-uri"  # on serving pods: models:/<name>/<version>
+ANNOTATION_SERVER_DIGEST: Final = f"{GROUP}/server-digest"  # on serving pods: the model server's source
 LABEL_NAME: Final = "app.kubernetes.io/name"
 LABEL_INSTANCE: Final = "app.kubernetes.io/instance"
 LABEL_COMPONENT: Final = "app.kubernetes.io/component"

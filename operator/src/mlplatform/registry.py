@@ -7,7 +7,8 @@ MLflow 3.17.2 server (tests/platform/test_tracking_client.py).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from mlplatform.tracking import (
@@ -27,6 +28,9 @@ READY_POLL = 0.5
 NOT_FOUND = "RESOURCE_DOES_NOT_EXIST"
 INVALID = "INVALID_PARAMETER_VALUE"
 LOGGED_MODEL_READY = "LOGGED_MODEL_READY"
+FORGET_AFTER = 3600.0  # seconds after which an answer nobody asked for again is dropped
+
+Question = tuple[str, ...]  # (model name, how it is selected, ...)
 
 
 class ModelNotLogged(MlflowError):  # noqa: N818 - reads as what happened
@@ -37,12 +41,46 @@ def oldest(versions: Iterable[Mapping[str, Any]]) -> Mapping[str, Any] | None:
     return min(versions, key=lambda version: int(version["version"]), default=None)
 
 
+def failed(task: asyncio.Task[Any]) -> bool:
+    return task.done() and (task.cancelled() or task.exception() is not None)
+
+
+class RecentAnswers:
+    """Registry answers shared by everyone asking the same question within a while: a thousand
+    ModelDeployments of one model cost one registry call per while, not a thousand. A question asked
+    while its answer is on the way waits for that answer; a failed call is not remembered."""
+
+    def __init__(self) -> None:
+        self._answers: dict[Question, tuple[float, asyncio.Task[ModelVersion | None]]] = {}
+
+    async def ask(
+        self, question: Question, max_age: float, call: Callable[[], Awaitable[ModelVersion | None]]
+    ) -> ModelVersion | None:
+        now = time.monotonic()
+        asked = self._answers.get(question)
+        if asked is None or now - asked[0] >= max_age or failed(asked[1]):
+            self._forget_older_than(now - FORGET_AFTER)
+            asked = (now, asyncio.ensure_future(call()))
+            self._answers[question] = asked
+        return await asyncio.shield(asked[1])
+
+    def forget_model(self, model: str) -> None:
+        """The registry said model `model` changed: its next answers come from the registry."""
+        for question in [question for question in self._answers if question[0] == model]:
+            del self._answers[question]
+
+    def _forget_older_than(self, oldest: float) -> None:
+        for question in [q for q, (asked, _) in self._answers.items() if asked < oldest]:
+            del self._answers[question]
+
+
 class Registry:
     """The model registry calls the operator makes."""
 
     def __init__(self, client: MlflowClient, *, ready_timeout: float = READY_TIMEOUT) -> None:
         self.client = client
         self.ready_timeout = ready_timeout
+        self.answers = RecentAnswers()
 
     async def get_version(self, name: str, version: str) -> ModelVersion:
         found = await self.client.request(

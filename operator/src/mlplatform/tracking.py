@@ -256,6 +256,9 @@ class MlflowClient:
         self.attempts = attempts
         self.backoff = backoff
         self._http: aiohttp.ClientSession | None = None
+        # Experiment name -> id: every TrainingRun of a namespace shares an experiment, and its id never
+        # changes while it exists; a caller whose request fails forgets the entry (it may be deleted).
+        self._experiments: dict[str, str] = {}
 
     async def __aenter__(self) -> Self:
         return self
@@ -336,7 +339,17 @@ class MlflowClient:
         return (await self._request_text("GET", "/version", None, None, False)).strip()
 
     async def get_or_create_experiment(self, name: str) -> str:
-        """The id of the active experiment `name`, created if missing (safe when two callers race)."""
+        """The id of the active experiment `name`, created if missing (safe when two callers race);
+        remembered, until `forget_experiment`."""
+        if name not in self._experiments:
+            self._experiments[name] = await self._get_or_create_experiment(name)
+        return self._experiments[name]
+
+    def forget_experiment(self, name: str) -> bool:
+        """Look `name` up afresh next time; whether it was remembered."""
+        return self._experiments.pop(name, None) is not None
+
+    async def _get_or_create_experiment(self, name: str) -> str:
         existing = await self._experiment_by_name(name)
         if existing is None:
             try:

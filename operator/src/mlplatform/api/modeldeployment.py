@@ -82,6 +82,8 @@ class ModelDeploymentSpec(PodOptions):
     rollout: Rollout = Field(default_factory=Rollout)
     poll_interval_seconds: int = Field(default=30, ge=5)
     workers: int = Field(default=1, ge=1)
+    # mlplatform: the platform's scoring server (MLflow's protocol, faster); mlflow: `mlflow models serve`.
+    server: Literal["mlplatform", "mlflow"] = "mlplatform"
 
     @property
     def min_replicas(self) -> int:

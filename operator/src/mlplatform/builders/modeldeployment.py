@@ -1,19 +1,21 @@
 """What a ModelDeployment runs: a Deployment serving one pinned model version, its Service, and an
-optional HorizontalPodAutoscaler and PodDisruptionBudget.
+optional HorizontalPodAutoscaler and PodDisruptionBudget, and the ConfigMap holding the model server.
 
 Each serving pod downloads the pinned version's artifacts through the tracking server (an init
-container, `mlflow artifacts download`), then serves them with MLflow's own scoring server (`mlflow
-models serve`: /invocations in every input format MLflow takes, /ping, /health, /version). Both run in
-the image the version was trained with, so the model's libraries are the ones it was trained on; the
-image needs nothing but MLflow. The version is a label of the pod template: a new version is an ordinary
-Deployment rollout, visible in `kubectl rollout history`.
+container, `mlflow artifacts download`), then serves them with the platform's scoring server
+(mlplatform/serving/server.py, mounted from a ConfigMap: MLflow's protocol and answers, /invocations in
+every input format MLflow takes, /ping, /health, /version, faster) or, with `server: mlflow`, with
+`mlflow models serve` itself. Both containers run in the image the version was trained with, so the
+model's libraries are the ones it was trained on; the image needs nothing but MLflow. The version is a
+label of the pod template: a new version is an ordinary Deployment rollout, visible in `kubectl rollout
+history`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mlplatform import names
+from mlplatform import names, serving
 from mlplatform.api.modeldeployment import Autoscaling, ModelDeploymentSpec
 from mlplatform.builders.common import (
     RESTRICTED_CONTAINER_SECURITY,
@@ -27,6 +29,7 @@ from mlplatform.builders.common import (
 )
 
 SERVER_CONTAINER = "server"
+SERVER_DIR = "/opt/mlplatform/serving"  # the server's ConfigMap, mounted read-only
 FETCH_CONTAINER = "fetch-model"
 MODEL_DIR = "/var/lib/mlplatform/model"
 SCRATCH = "/tmp"  # noqa: S108 - an emptyDir inside the pod: HOME and temporary files
@@ -62,6 +65,7 @@ class ServingSettings:
 
     tracking_uri: str  # the tracking server as pods reach it
     tracking_secret: str | None = None  # a Secret with MLFLOW_TRACKING_* credentials, in each namespace
+    server_source: str = ""  # the platform's model server (serving/server.py), for `server: mlplatform`
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,10 @@ def deployment_name(modeldeployment: str) -> str:
 def service_name(modeldeployment: str) -> str:
     """The Service: the stable name applications call (the CRD keeps object names DNS labels)."""
     return short_name(modeldeployment)
+
+
+def server_configmap_name(modeldeployment: str) -> str:
+    return f"{short_name(modeldeployment)}-server"
 
 
 def service_url(modeldeployment: str, namespace: str) -> str:
@@ -130,9 +138,9 @@ def build_deployment(
         "template": {
             "metadata": {
                 "labels": {**labels(name), names.LABEL_MODEL_VERSION: served.version},
-                "annotations": {names.ANNOTATION_MODEL_URI: served.uri},
+                "annotations": pod_annotations(spec, served, settings),
             },
-            "spec": pod_spec(spec, served, settings),
+            "spec": pod_spec(name, spec, served, settings),
         },
     }
     if spec.autoscaling is None:
@@ -145,13 +153,29 @@ def build_deployment(
     }
 
 
-def pod_spec(spec: ModelDeploymentSpec, served: ServedVersion, settings: ServingSettings) -> Manifest:
+def pod_annotations(spec: ModelDeploymentSpec, served: ServedVersion, settings: ServingSettings) -> Manifest:
+    annotations = {names.ANNOTATION_MODEL_URI: served.uri}
+    if uses_platform_server(spec):  # a new server is a new template: the pods roll over to it
+        annotations[names.ANNOTATION_SERVER_DIGEST] = serving.source_digest(settings.server_source)
+    return annotations
+
+
+def uses_platform_server(spec: ModelDeploymentSpec) -> bool:
+    return spec.server == "mlplatform"
+
+
+def pod_spec(
+    name: str, spec: ModelDeploymentSpec, served: ServedVersion, settings: ServingSettings
+) -> Manifest:
+    volumes: list[Manifest] = [{"name": "model", "emptyDir": {}}, {"name": "scratch", "emptyDir": {}}]
+    if uses_platform_server(spec):
+        volumes.append({"name": "server", "configMap": {"name": server_configmap_name(name)}})
     pod: Manifest = {
         "securityContext": spec.pod_security_context or RESTRICTED_POD_SECURITY,
         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
         "initContainers": [fetch_container(spec, served, settings)],
         "containers": [server_container(spec, served)],
-        "volumes": [{"name": "model", "emptyDir": {}}, {"name": "scratch", "emptyDir": {}}],
+        "volumes": volumes,
         # A model server talks to no Kubernetes API: no token unless an account is named.
         "automountServiceAccountToken": spec.service_account_name is not None,
     }
@@ -198,31 +222,51 @@ def fetch_container(spec: ModelDeploymentSpec, served: ServedVersion, settings: 
     return container
 
 
+def server_command(spec: ModelDeploymentSpec) -> list[str]:
+    """The platform's server on the downloaded model, or MLflow's (`server: mlflow`), in the image's
+    own environment; either serves on SERVER_PORT with spec.workers processes."""
+    if uses_platform_server(spec):
+        command = ["python", f"{SERVER_DIR}/{serving.SCRIPT_NAME}", "--model-dir", MODEL_DIR]
+    else:
+        command = ["python", "-c", SERVE_FORWARDING_SIGTERM, "models", "serve", "--model-uri", MODEL_DIR]
+        command += ["--env-manager", "local", "--host", "0.0.0.0"]  # noqa: S104 - a server in a pod
+    return [*command, "--port", str(SERVER_PORT), "--workers", str(spec.workers)]
+
+
 def server_container(spec: ModelDeploymentSpec, served: ServedVersion) -> Manifest:
-    """MLflow's scoring server on the downloaded model, in the environment the image already has."""
-    command = ["python", "-c", SERVE_FORWARDING_SIGTERM, "models", "serve", "--model-uri", MODEL_DIR]
-    command += ["--env-manager", "local"]
-    command += ["--host", "0.0.0.0", "--port", str(SERVER_PORT), "--workers", str(spec.workers)]  # noqa: S104
     # Loading a big model takes time: the startup probe allows the whole progress deadline for it.
     startup_failures = max(1, spec.rollout.progress_deadline_seconds // PROBE_PERIOD_SECONDS)
+    mounts: list[Manifest] = [
+        {"name": "model", "mountPath": MODEL_DIR, "readOnly": True},
+        {"name": "scratch", "mountPath": SCRATCH},
+    ]
+    if uses_platform_server(spec):
+        mounts.append({"name": "server", "mountPath": SERVER_DIR, "readOnly": True})
     container: Manifest = {
         "name": SERVER_CONTAINER,
         **common_container(spec, served),
-        "command": command,
+        "command": server_command(spec),
         "env": unique_env([env_var("HOME", SCRATCH), *spec.env]),
         "ports": [{"name": PORT_NAME, "containerPort": SERVER_PORT, "protocol": "TCP"}],
         "startupProbe": http_probe("/ping", failures=startup_failures),
         "readinessProbe": http_probe("/ping", failures=2),
         "livenessProbe": http_probe("/health", failures=3, period=10),
         "lifecycle": {"preStop": {"sleep": {"seconds": DRAIN_SECONDS}}},
-        "volumeMounts": [
-            {"name": "model", "mountPath": MODEL_DIR, "readOnly": True},
-            {"name": "scratch", "mountPath": SCRATCH},
-        ],
+        "volumeMounts": mounts,
     }
     if spec.env_from:
         container["envFrom"] = list(spec.env_from)
     return container
+
+
+def build_server_configmap(name: str, namespace: str, uid: str, source: str) -> Manifest:
+    """The platform's model server, as a file the serving pods mount."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(name, namespace, uid, server_configmap_name(name)),
+        "data": {serving.SCRIPT_NAME: source},
+    }
 
 
 def unique_env(entries: list[Manifest]) -> list[Manifest]:
@@ -305,6 +349,10 @@ def build_children(
         build_service(name, namespace, uid),
     ]
     unwanted: list[tuple[str, str]] = []
+    if uses_platform_server(spec):  # first, so that the pods find their server
+        wanted.insert(0, build_server_configmap(name, namespace, uid, settings.server_source))
+    else:
+        unwanted.append(("ConfigMap", server_configmap_name(name)))
     if spec.autoscaling is not None:
         wanted.append(build_autoscaler(name, namespace, uid, spec.autoscaling))
     else:

@@ -1,20 +1,21 @@
-"""ModelDeployment handlers: one daemon per ModelDeployment keeps it serving the version its selector
-resolves to, and rolls back a version that does not become ready.
+"""ModelDeployment handlers: a pass per ModelDeployment, on a timer and whenever something wakes it, keeps
+it serving the version its selector resolves to, and rolls back a version that does not become ready.
 
 Level-triggered: each pass resolves the selector in the registry, applies the Deployment (the version
 pinned in its pod template), Service, autoscaler and disruption budget, reads the Deployment's rollout,
 and records status. What it knows between passes lives in the cluster: the version the Deployment runs
 (its template), the last version that served (status.modelVersion) and the version rolled back from
 (status.failedVersion). A pass runs on a timer (spec.pollIntervalSeconds), when the Deployment changes,
-when the spec changes, and when a registry webhook names the model.
+when the spec changes, and when a registry webhook names the model. One scheduler runs the passes of all
+ModelDeployments (a timer each between passes, not a sleeping daemon each), and reads each object from an
+index that keeps only what a pass reads of it.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, NoReturn
 
 import kopf
@@ -41,16 +42,19 @@ from mlplatform.builders.modeldeployment import (
     service_url,
 )
 from mlplatform.handlers.context import ObjectKey, OperatorContext
+from mlplatform.handlers.passes import PassScheduler
 from mlplatform.handlers.status import Logger, ObjectReconciler
 from mlplatform.handlers.trainingrun import api_message, context
 from mlplatform.jobstatus import pod_failure
 from mlplatform.metrics import DURATION, ERRORS, RECONCILES, ROLLOUTS
+from mlplatform.serving import server_source
 from mlplatform.tracking import MlflowError, MlflowUnavailable, ModelVersion
 
 MODELDEPLOYMENT = (names.GROUP, names.VERSION, names.MODELDEPLOYMENT_PLURAL)
 KIND = "modeldeployment"
 CHILDREN = {names.LABEL_MODELDEPLOYMENT: kopf.PRESENT}
 RETRY_SECONDS = 5.0  # after an error, the next pass comes this soon rather than at the poll interval
+CONCURRENT_PASSES = 200  # as kopf's worker limit: a burst of objects queues
 READY = "Ready"
 PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
@@ -69,28 +73,95 @@ def own_key(namespace: str | None, name: str) -> ObjectKey:
 
 
 @kopf.index("apps", "v1", "deployments", labels=CHILDREN)
-def modeldeployment_deployments(
+async def modeldeployment_deployments(
     namespace: str | None, labels: Mapping[str, str], body: kopf.Body, memo: Any, **_: Any
 ) -> Any:
+    """What read_rollout reads of each Deployment (not its pod template); a change wakes its owner."""
     key = child_key(namespace, labels)
     context(memo).wake(key)
-    return {key: {k: body.get(k) for k in ("metadata", "spec", "status")}}
+    return {key: deployment_summary(body)}
 
 
-@kopf.daemon(*MODELDEPLOYMENT, id="serve", cancellation_timeout=10)
-async def serve_modeldeployment(
-    body: kopf.Body, memo: Any, logger: Logger, stopped: kopf.DaemonStopped, **indexes: Any
+def deployment_summary(deployment: Mapping[str, Any]) -> dict[str, Any]:
+    metadata, spec = deployment.get("metadata") or {}, deployment.get("spec") or {}
+    template_labels = ((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}
+    return {
+        "metadata": {"generation": metadata.get("generation", 0)},
+        "spec": {
+            "replicas": spec.get("replicas", 1),
+            "template": {"metadata": {"labels": dict(template_labels)}},
+        },
+        "status": dict(deployment.get("status") or {}),
+    }
+
+
+@kopf.index(*MODELDEPLOYMENT)
+async def modeldeployment_objects(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Any:
+    """Each ModelDeployment as its passes read it: kopf keeps no other copy of its body."""
+    metadata = body.metadata
+    kept = {k: metadata.get(k) for k in ("name", "namespace", "uid", "generation", "deletionTimestamp")}
+    slim = {k: body.get(k) for k in ("apiVersion", "kind", "spec", "status")}
+    return {own_key(namespace, name): {**slim, "metadata": kept}}
+
+
+@kopf.on.event(*MODELDEPLOYMENT)
+async def modeldeployment_seen(
+    namespace: str | None, name: str, type: str | None, memo: Any, **indexes: Any
 ) -> None:
-    """Keep one ModelDeployment serving, for as long as it exists."""
-    reconciler = ModelDeploymentReconciler(
-        context(memo), body, logger, indexes["modeldeployment_deployments"]
-    )
-    await reconciler.run(stopped)
+    """Every ModelDeployment listed or created gets its passes; a deleted one its last (which ends
+    them)."""
+    passes = serving_passes(context(memo), indexes)
+    key = own_key(namespace, name)
+    if type == "DELETED":
+        passes.wake(key)
+    else:
+        passes.ensure(key)
 
 
 @kopf.on.update(*MODELDEPLOYMENT, field="spec")
-def modeldeployment_spec_changed(body: kopf.Body, memo: Any, **_: Any) -> None:
+async def modeldeployment_spec_changed(body: kopf.Body, memo: Any, **_: Any) -> None:
     context(memo).wake(own_key(body.metadata.namespace, body.metadata.name))
+
+
+def serving_passes(ctx: OperatorContext, indexes: Mapping[str, Any]) -> PassScheduler:
+    """The scheduler of every ModelDeployment's passes, made with kopf's indexes when first needed."""
+    if ctx.serving is None:
+        server = ModelDeploymentPasses(
+            ctx, indexes["modeldeployment_objects"], indexes["modeldeployment_deployments"]
+        )
+        ctx.serving = PassScheduler(server.run_pass, CONCURRENT_PASSES)
+    return ctx.serving
+
+
+class ModelDeploymentPasses:
+    """The reconciler of each ModelDeployment between passes (its last status written, its pruned
+    generation), and one pass of it on the object as the index has it now."""
+
+    def __init__(
+        self,
+        ctx: OperatorContext,
+        objects: kopf.Index[ObjectKey, Any],
+        deployments: kopf.Index[ObjectKey, Any],
+    ) -> None:
+        self.ctx = ctx
+        self.objects = objects
+        self.deployments = deployments
+        self.reconcilers: dict[ObjectKey, ModelDeploymentReconciler] = {}
+
+    async def run_pass(self, key: ObjectKey) -> float | None:
+        found = list(self.objects.get(key, []))
+        body = kopf.Body(found[0]) if found else None
+        if body is None or body.metadata.get("deletionTimestamp"):
+            self.reconcilers.pop(key, None)
+            self.ctx.models.pop(key, None)
+            return None
+        reconciler = self.reconcilers.get(key)
+        if reconciler is None or reconciler.uid != body.metadata.uid:  # new, or deleted and made again
+            logger = kopf.LocalObjectLogger(body=body, settings=self.ctx.kopf_settings)
+            reconciler = ModelDeploymentReconciler(self.ctx, body, logger, self.deployments)
+            self.reconcilers[key] = reconciler
+        reconciler.refresh(body)
+        return await reconciler.reconcile_safely()
 
 
 @dataclass(frozen=True)
@@ -138,18 +209,29 @@ def read_rollout(deployment: Mapping[str, Any] | None) -> Rollout:
     )
 
 
-async def resolve(ctx: OperatorContext, selector: ModelSelector) -> ModelVersion:
-    """The exact version the selector names now, or ServingError saying what is missing."""
+async def resolve(ctx: OperatorContext, selector: ModelSelector, poll_interval: float) -> ModelVersion:
+    """The exact version the selector names now, or ServingError saying what is missing. ModelDeployments
+    asking the same within half a poll interval share one answer: the registry is asked at most twice
+    per interval per selector, and what it says reaches each of them within 1.5 intervals (a registry
+    webhook naming the model drops its answers at once)."""
+    question = (selector.name, selector.resolved_from)
+    found = await ctx.registry.answers.ask(question, poll_interval / 2, registry_call(ctx, selector))
+    if found is None:
+        raise ServingError(
+            "ModelNotFound", f"the registry has no {selector.resolved_from} of model {selector.name!r}"
+        )
+    return found
+
+
+def registry_call(
+    ctx: OperatorContext, selector: ModelSelector
+) -> Callable[[], Awaitable[ModelVersion | None]]:
     registry, name = ctx.registry, selector.name
     if selector.alias is not None:
-        found = await registry.version_by_alias(name, selector.alias)
-    elif selector.stage is not None:
-        found = await registry.latest_in_stage(name, selector.stage)
-    else:
-        found = await registry.find_version(name, str(selector.version))
-    if found is None:
-        raise ServingError("ModelNotFound", f"the registry has no {selector.resolved_from} of model {name!r}")
-    return found
+        return partial(registry.version_by_alias, name, selector.alias)
+    if selector.stage is not None:
+        return partial(registry.latest_in_stage, name, selector.stage)
+    return partial(registry.find_version, name, str(selector.version))
 
 
 class ModelDeploymentReconciler(ObjectReconciler):
@@ -164,25 +246,13 @@ class ModelDeploymentReconciler(ObjectReconciler):
         self.pruned_generation: int | None = None  # the generation whose unwanted children were deleted
         self.images: dict[tuple[str, str], str] = {}  # (model, version) -> the image it was trained with
 
-    async def run(self, stopped: kopf.DaemonStopped) -> None:
-        waker = self.ctx.waker(self.key)
-        try:
-            while not stopped:
-                waker.clear()
-                delay = await self.reconcile_safely()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(waker.wait(), delay)
-        finally:
-            self.ctx.wakers.pop(self.key, None)
-            self.ctx.models.pop(self.key, None)
-
     async def reconcile_safely(self) -> float:
         """One pass; the seconds until the next one unless something wakes it sooner."""
         try:
             spec = parse_spec(self.body.get("spec"))
         except SpecError as exc:
             await self.write({}, unusable("InvalidSpec", str(exc)))
-            return 3600.0  # nothing to do until the spec changes (which wakes this daemon)
+            return 3600.0  # nothing to do until the spec changes (which wakes this object's pass)
         self.ctx.models[self.key] = spec.model.name
         try:
             with DURATION.labels(KIND, "reconcile").time():
@@ -219,7 +289,7 @@ class ModelDeploymentReconciler(ObjectReconciler):
         failed: str | None = self.status.get("failedVersion")
         history = [dict(entry) for entry in self.status.get("history") or []]
         try:
-            resolved = (await resolve(self.ctx, spec.model)).version
+            resolved = (await resolve(self.ctx, spec.model, spec.poll_interval_seconds)).version
         except (ServingError, MlflowUnavailable) as exc:
             problem = exc if isinstance(exc, ServingError) else ServingError("RegistryUnavailable", str(exc))
             target = running or serving  # keep running what runs
@@ -257,7 +327,9 @@ class ModelDeploymentReconciler(ObjectReconciler):
         return self.images[key]
 
     async def apply(self, spec: ModelDeploymentSpec, served: ServedVersion) -> Mapping[str, Any] | None:
-        settings = ServingSettings(self.ctx.settings.trainer_tracking_uri, self.ctx.settings.tracking_secret)
+        settings = ServingSettings(
+            self.ctx.settings.trainer_tracking_uri, self.ctx.settings.tracking_secret, server_source()
+        )
         wanted, unwanted = build_children(
             self.name, self.namespace, self.uid, spec=spec, served=served, settings=settings
         )

@@ -22,7 +22,7 @@ class StatusWriter:
         self.kube = kube
         self.plural = plural
         self.body = body
-        self.last_summary: dict[str, Any] = {}
+        self.last_said: list[tuple[str, bool, str, str]] = []  # the conditions of the last write
         self.written: dict[str, Any] = {}
 
     @property
@@ -36,8 +36,8 @@ class StatusWriter:
         """Merge-patch `fields` and `conditions` into the status when they changed (`stamp` fields, such
         as a time of the last check, are written along but are no news on their own)."""
         generation = self.body.metadata.get("generation")
-        summary = {**fields, "conditions": [(c.type, c.status, c.reason, c.message) for c in conditions]}
-        if summary == self.last_summary:
+        said = [(c.type, c.status, c.reason, c.message) for c in conditions]
+        if said == self.last_said and all(self.status.get(key) == value for key, value in fields.items()):
             return
         status = {
             **fields,
@@ -47,7 +47,7 @@ class StatusWriter:
         }
         metadata = self.body.metadata
         await self.kube.patch_status(self.plural, metadata.namespace or "", metadata.name or "", status)
-        self.last_summary, self.written = summary, {**self.written, **status}
+        self.last_said, self.written = said, {**self.written, **status}
 
 
 class ObjectReconciler:
@@ -68,6 +68,10 @@ class ObjectReconciler:
     @property
     def status(self) -> Mapping[str, Any]:
         return self.writer.status
+
+    def refresh(self, body: kopf.Body) -> None:
+        """The object as the watch brought it last, for a reconciler that outlives one pass."""
+        self.body = self.writer.body = body
 
     async def write(
         self, fields: Mapping[str, Any], conditions: list[Condition], stamp: Mapping[str, Any] | None = None

@@ -13,6 +13,7 @@ import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar
 
@@ -38,6 +39,7 @@ KIND = "trainingrun"
 CHILDREN = {names.LABEL_TRAININGRUN: kopf.PRESENT}
 RESYNC_SECONDS = 60.0  # a lost watch event costs at most this long
 BACKOFF_SECONDS = (1, 2, 4, 8, 15, 30, 60)
+SUSPENDED = "Suspended"  # the reason jobstatus.observe gives a suspended Job
 DELETE_ATTEMPTS = 5  # then deletion lets go of an unreachable MLflow, with a warning event
 T = TypeVar("T")
 
@@ -60,6 +62,17 @@ def finished(status: Mapping[str, Any], **_: Any) -> bool:
     return not unfinished(status)
 
 
+def needs_watching(spec: Mapping[str, Any], status: Mapping[str, Any], **_: Any) -> bool:
+    """Whether the TrainingRun needs its daemon: not once finished, nor while its Job is recorded as
+    suspended as the spec asks (nothing can happen until the spec changes, which brings the daemon back;
+    it resumes from the cluster and MLflow as after a restart)."""
+    ready: Mapping[str, Any] = next(
+        (c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {}
+    )
+    parked = bool(spec.get("suspend")) and ready.get("reason") == SUSPENDED
+    return unfinished(status) and not parked
+
+
 def child_key(namespace: str | None, labels: Mapping[str, str]) -> ObjectKey:
     return (namespace or "", labels.get(names.LABEL_TRAININGRUN, ""))
 
@@ -80,16 +93,27 @@ def recorded_job_name(status: Mapping[str, Any], name: str) -> str:
 
 
 @kopf.index("batch", "v1", "jobs", labels=CHILDREN)
-def trainingrun_jobs(
+async def trainingrun_jobs(
     namespace: str | None, labels: Mapping[str, str], body: kopf.Body, memo: Any, **_: Any
 ) -> Any:
     key = child_key(namespace, labels)
     context(memo).wake(key)
-    return {key: {k: body.get(k) for k in ("metadata", "spec", "status")}}
+    return {key: job_summary(body)}
+
+
+def job_summary(job: Mapping[str, Any]) -> dict[str, Any]:
+    """What the daemon reads of a Job (jobstatus.observe and the suspend sync): an index keeps one per
+    TrainingRun, so not its pod template."""
+    spec = job.get("spec") or {}
+    return {
+        "metadata": {"name": job["metadata"]["name"]},
+        "spec": {k: spec[k] for k in ("suspend", "activeDeadlineSeconds") if k in spec},
+        "status": dict(job.get("status") or {}),
+    }
 
 
 @kopf.index("", "v1", "pods", labels=CHILDREN)
-def trainingrun_pods(
+async def trainingrun_pods(
     namespace: str | None, labels: Mapping[str, str], body: kopf.Body, memo: Any, **_: Any
 ) -> Any:
     key = child_key(namespace, labels)
@@ -99,7 +123,7 @@ def trainingrun_pods(
 
 
 @kopf.index(*TRAININGRUN)
-def trainingrun_phases(uid: str, status: Mapping[str, Any], memo: Any, **_: Any) -> Any:
+async def trainingrun_phases(uid: str, status: Mapping[str, Any], memo: Any, **_: Any) -> Any:
     """Counts objects by phase for the metrics (the deletion handler forgets them)."""
     phase = str((status or {}).get("phase") or Phase.PENDING)
     context(memo).phases[uid] = phase
@@ -114,7 +138,7 @@ def context(memo: Any) -> OperatorContext:
 # --- the TrainingRun ------------------------------------------------------------------------------
 
 
-@kopf.daemon(*TRAININGRUN, id="run", when=unfinished, cancellation_timeout=10)
+@kopf.daemon(*TRAININGRUN, id="run", when=needs_watching, cancellation_timeout=10)
 async def run_trainingrun(body: kopf.Body, memo: Any, logger: Logger, **indexes: Any) -> None:
     """Carry one TrainingRun from creation to its result; returns (and so stops) once it is recorded.
     kopf passes its indexes by their function's name."""
@@ -124,7 +148,7 @@ async def run_trainingrun(body: kopf.Body, memo: Any, logger: Logger, **indexes:
 
 
 @kopf.on.update(*TRAININGRUN, field="spec")
-def spec_changed(
+async def spec_changed(
     body: kopf.Body, diff: kopf.Diff, status: Mapping[str, Any], patch: kopf.Patch, memo: Any, **_: Any
 ) -> None:
     """A started run keeps the spec it started with; only spec.suspend still applies."""
@@ -152,6 +176,7 @@ async def delete_trainingrun(
     deletion back for a few bounded retries only, then the object goes with a warning event."""
     ctx = context(memo)
     ctx.phases.pop(body.metadata.uid or "", None)
+    ctx.creating_runs.discard(body.metadata.uid or "")
     namespace, name = body.metadata.namespace or "", body.metadata.name
     await ctx.kube.delete_job(namespace, recorded_job_name(status, name))
     run_id = (status.get("mlflow") or {}).get("runId")
@@ -185,13 +210,19 @@ class TrainingRunReconciler(ObjectReconciler):
         self.pods = pods
         self.key = own_key(self.namespace, self.name)
 
+    @property
+    def created(self) -> datetime:
+        return datetime.fromisoformat(self.body.metadata["creationTimestamp"])
+
     async def run(self) -> None:
         waker = self.ctx.waker(self.key)
         try:
             spec = self.parse()
             run = await self.retrying("create the MLflow run", lambda: self.ensure_run(spec))
-            await self.retrying("create the Job", lambda: self.ensure_job(spec, run))
-            await self.follow(spec, run, waker)
+            # Passed on, not held here: `follow` lets go of the Job as created once the watch has it.
+            await self.follow(
+                spec, run, waker, await self.retrying("create the Job", lambda: self.ensure_job(spec, run))
+            )
         except RunError as error:
             await self.retrying("record the failure", partial(self.record_failure, error, None))
         finally:
@@ -211,12 +242,27 @@ class TrainingRunReconciler(ObjectReconciler):
         """The MLflow run of this object: the one recorded or tagged with its uid, else a new one."""
         experiment_name = spec.experiment_name(self.namespace)
         with DURATION.labels(KIND, "mlflow_run").time():
-            experiment_id = await self.ctx.mlflow.get_or_create_experiment(experiment_name)
-            run_id = (self.status.get("mlflow") or {}).get("runId")
-            if not run_id:
-                tagged = await self.ctx.mlflow.find_runs_by_tag(experiment_id, names.TAG_UID, self.uid)
-                run_id = tagged[0].run_id if tagged else await self.create_run(spec, experiment_id)
-            await self.ctx.mlflow.log_params(run_id, spec.parameters)
+            try:
+                return await self.ensure_run_in(spec, experiment_name)
+            except MlflowError as error:
+                # A remembered experiment may have been deleted since: look it up again, once, so that the
+                # error (if any) says what is wrong with it.
+                if isinstance(error, MlflowUnavailable) or not self.ctx.mlflow.forget_experiment(
+                    experiment_name
+                ):
+                    raise
+                return await self.ensure_run_in(spec, experiment_name)
+
+    async def ensure_run_in(self, spec: TrainingRunSpec, experiment_name: str) -> RunContext:
+        experiment_id = await self.ctx.mlflow.get_or_create_experiment(experiment_name)
+        run_id = (self.status.get("mlflow") or {}).get("runId")
+        if not run_id and self.ctx.may_have_a_run(self.uid, self.created):
+            tagged = await self.ctx.mlflow.find_runs_by_tag(experiment_id, names.TAG_UID, self.uid)
+            run_id = tagged[0].run_id if tagged else None
+        if not run_id:
+            self.ctx.creating_runs.add(self.uid)  # a request that fails may have landed: search next time
+            run_id = await self.create_run(spec, experiment_id)
+        await self.ctx.mlflow.log_params(run_id, spec.parameters)
         return RunContext(experiment_name, experiment_id, run_id)
 
     async def create_run(self, spec: TrainingRunSpec, experiment_id: str) -> str:
@@ -230,15 +276,13 @@ class TrainingRunReconciler(ObjectReconciler):
             names.TAG_MLFLOW_SOURCE_TYPE: "JOB",
         }
         run = await self.ctx.mlflow.create_run(experiment_id, self.name, tags, int(time.time() * 1000))
-        kopf.info(
-            self.body, reason="RunCreated", message=f"MLflow run {run.run_id} in experiment {experiment_id}"
-        )
         return run.run_id
 
-    async def ensure_job(self, spec: TrainingRunSpec, run: RunContext) -> None:
-        """Create the Job once; a Job recorded in status and gone since is left for `follow` to report."""
+    async def ensure_job(self, spec: TrainingRunSpec, run: RunContext) -> Mapping[str, Any] | None:
+        """Create the Job once, and return it; None if the status records it (a Job recorded and gone since
+        is left for `follow` to report)."""
         if self.status.get("jobName"):
-            return
+            return None
         settings = self.ctx.settings
         trainer = TrainerSettings(settings.trainer_tracking_uri, settings.tracking_secret, settings.git_image)
         manifest = build_job(self.name, self.namespace, self.uid, spec=spec, run=run, settings=trainer)
@@ -254,37 +298,46 @@ class TrainingRunReconciler(ObjectReconciler):
             raise RunError(
                 "JobConflict", f"a Job named {job['metadata']['name']} exists and is not this run's"
             )
+        name = job["metadata"]["name"]
+        message = f"Job {name} runs MLflow run {run.run_id} (experiment {run.experiment_id})"
+        kopf.info(self.body, reason="JobCreated", message=message)
+        return job_summary(job)
+
+    def run_fields(self, run: RunContext, job: Mapping[str, Any]) -> dict[str, Any]:
+        """What the status records of the Job and the MLflow run, once the Job exists."""
         mlflow_status = {
             "experimentId": run.experiment_id,
             "experimentName": run.experiment_name,
             "runId": run.run_id,
-            "runUrl": run_url(settings.run_link_base, run.experiment_id, run.run_id),
+            "runUrl": run_url(self.ctx.settings.run_link_base, run.experiment_id, run.run_id),
         }
-        await self.write(
-            {"jobName": job["metadata"]["name"], "mlflow": mlflow_status, "phase": Phase.PENDING.value},
-            in_progress("Pending", f"Job {job['metadata']['name']} created for MLflow run {run.run_id}"),
-        )
-        kopf.info(
-            self.body,
-            reason="JobCreated",
-            message=f"Job {job['metadata']['name']} runs MLflow run {run.run_id}",
-        )
+        return {"jobName": job["metadata"]["name"], "mlflow": mlflow_status}
 
-    async def follow(self, spec: TrainingRunSpec, run: RunContext, waker: asyncio.Event) -> None:
-        """Watch the Job until the run ends, then record the result."""
+    async def follow(
+        self, spec: TrainingRunSpec, run: RunContext, waker: asyncio.Event, created: Mapping[str, Any] | None
+    ) -> None:
+        """Watch the Job until the run ends, then record the result. A Job just created is observed as the
+        API returned it (the watch may not have brought it yet), and the first status write records it."""
+        fields = self.run_fields(run, created) if created is not None else {}
         while True:
             waker.clear()
-            observation = await self.observe(spec, run)
+            observation = await self.observe(spec, run, created)
+            created = None
             if observation.phase.finished:
                 await self.retrying("record the result", partial(self.record_result, spec, run, observation))
                 return
-            await self.record_progress(observation)
+            await self.record_progress(observation, fields)
+            if fields:
+                self.ctx.creating_runs.discard(self.uid)  # the status names the run now
+                fields = {}
             await self.sync_suspend()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(waker.wait(), RESYNC_SECONDS)
 
-    async def observe(self, spec: TrainingRunSpec, run: RunContext) -> Observation:
-        job = self.indexed_job() or await self.ctx.kube.read_job(self.namespace, self.job_name)
+    async def observe(
+        self, spec: TrainingRunSpec, run: RunContext, created: Mapping[str, Any] | None = None
+    ) -> Observation:
+        job = self.indexed_job() or created or await self.ctx.kube.read_job(self.namespace, self.job_name)
         if job is None:
             return await self.job_gone(run)
         return observe(job, list(self.pods.get(self.key, [])))
@@ -312,8 +365,8 @@ class TrainingRunReconciler(ObjectReconciler):
         if job is not None and bool((job.get("spec") or {}).get("suspend")) != wanted:
             await self.ctx.kube.suspend_job(self.namespace, self.job_name, wanted)
 
-    async def record_progress(self, observation: Observation) -> None:
-        fields: dict[str, Any] = {"phase": observation.phase.value}
+    async def record_progress(self, observation: Observation, extra: Mapping[str, Any]) -> None:
+        fields: dict[str, Any] = {**extra, "phase": observation.phase.value}
         if observation.started_at:
             fields["startTime"] = observation.started_at
         if observation.phase is Phase.RUNNING and self.status.get("phase") != Phase.RUNNING:
