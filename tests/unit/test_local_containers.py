@@ -50,11 +50,18 @@ def test_a_lifecycle_handler_is_found_only_where_declared() -> None:
 
 @pytest.fixture
 def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """The test's container processes. Started from a shell without job control (`cmd &` in a script),
+    the tests inherit SIGINT ignored, and so would these shells, which then cannot trap it: SIGINT is
+    given Python's own handler meanwhile, which a child process gets back as the default."""
+    inherited = signal.getsignal(signal.SIGINT)
+    if inherited == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     started: list[subprocess.Popen[bytes]] = []
     yield started
     for process in started:
         process.kill()
         process.wait()
+    signal.signal(signal.SIGINT, inherited)
 
 
 def on_term(marker: Path, then: str = "exit 0", signal_name: str = "TERM") -> str:
