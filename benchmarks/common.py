@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +36,21 @@ from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
 from mlplatform import names
-from mlplatform.local.config import LocalConfig, StateLayout, default_state_dir, load_config
+from mlplatform.local.config import (
+    LocalConfig,
+    StateLayout,
+    default_cache_dir,
+    default_state_dir,
+    load_config,
+)
+from mlplatform.local.images import ensure_environment, load_image_map, resolve_image
 from mlplatform.local.stack import endpoints
 from mlplatform.local.stack.tracking import in_cluster_uri
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 PEER_SCRIPT = ROOT / "benchmarks" / "kopf_peer.py"
+OPERATOR_IMAGE = "mlplatform/operator"
 NOT_FOUND = 404
 CONFLICT = 409
 
@@ -99,6 +108,7 @@ def operator_env(
 ) -> dict[str, str]:
     return {
         **os.environ,
+        "PYTHONPATH": str(ROOT / "operator" / "src"),  # as the image has it
         "KUBECONFIG": str(kubeconfig),
         "MLPLATFORM_TRACKING_URI": tracking_uri,
         "MLPLATFORM_POD_TRACKING_URI": pod_uri,
@@ -122,13 +132,33 @@ def start_operator(
     env = operator_env(kubeconfig, tracking_uri, pod_uri, health_port, metrics_port)
     if namespaces:
         env["MLPLATFORM_NAMESPACES"] = ",".join(namespaces)
-    return spawn([sys.executable, "-m", "mlplatform.cli", "operator"], env, log)
+    return spawn([str(operator_python()), "-m", "mlplatform.cli", "operator"], env, log)
 
 
 def start_peer(kubeconfig: Path, namespace: str, log: Path, health_port: int) -> subprocess.Popen[bytes]:
     """The plain kopf operator of kopf_peer.py, watching one namespace."""
-    argv = [sys.executable, str(PEER_SCRIPT), "--namespace", namespace, "--health-port", str(health_port)]
+    argv = [
+        str(operator_python()),
+        str(PEER_SCRIPT),
+        "--namespace",
+        namespace,
+        "--health-port",
+        str(health_port),
+    ]
     return spawn(argv, {**os.environ, "KUBECONFIG": str(kubeconfig)}, log)
+
+
+@cache
+def operator_python() -> Path:
+    """The Python of the operator image's environment (operator/requirements.txt), as the local node runs
+    the chart's operator pod: ours and the peer run with the libraries the image ships, not the bench's
+    (kopf loads the official clients' models whenever they are installed). Our package comes from
+    $PYTHONPATH, as in the image."""
+    local = load_config(default_state_dir())
+    cache_dir = local.cache_dir if local is not None else default_cache_dir()
+    image = resolve_image(OPERATOR_IMAGE, load_image_map())
+    assert image is not None, f"{OPERATOR_IMAGE} is not in the local image map"
+    return ensure_environment(image, cache_dir) / "bin" / "python"
 
 
 OPERATORS = ("ours", "peer")

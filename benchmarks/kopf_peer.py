@@ -1,7 +1,9 @@
 """The plain kopf peer of the operator benchmarks: it only creates a suspended Job per TrainingRun.
 
 No MLflow, no status, no events of its own, no daemons: what any kopf operator costs for one Job per
-object, with kopf's defaults (but for standalone mode: no peering objects). The benchmarks start it (as
+object, with kopf's defaults (but for standalone mode: no peering objects). It creates the Job with the
+client ours uses (lightkube) and runs, as ours does in the benchmarks, from the operator image's
+environment, so the two differ in what they do, not in their libraries. The benchmarks start it (as
 reconcile.py and footprint.py do) against one namespace:
 
     python benchmarks/kopf_peer.py --namespace NS [--health-port 28081]
@@ -14,11 +16,12 @@ import asyncio
 from typing import Any
 
 import kopf
-from kubernetes_asyncio import client, config
-from kubernetes_asyncio.client.exceptions import ApiException
+from lightkube import ApiError, AsyncClient
+from lightkube.generic_resource import create_namespaced_resource
 
 GROUP, VERSION, PLURAL = "mlplatform.dev", "v1alpha1", "trainingruns"
 CONFLICT = 409
+Job = create_namespaced_resource("batch", "v1", "Job", "jobs")
 
 
 def build_job(name: str, namespace: str, uid: str) -> dict[str, Any]:
@@ -56,17 +59,16 @@ def build_job(name: str, namespace: str, uid: str) -> dict[str, Any]:
 @kopf.on.startup()
 async def connect(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.peering.standalone = True
-    await config.load_kube_config()
-    memo["batch"] = client.BatchV1Api(client.ApiClient())
+    memo["api"] = AsyncClient()
 
 
 @kopf.on.create(GROUP, VERSION, PLURAL)
 async def create_job(name: str, namespace: str | None, uid: str, memo: Any, **_: Any) -> None:
     assert namespace is not None  # TrainingRuns are namespaced
     try:
-        await memo["batch"].create_namespaced_job(namespace, build_job(name, namespace, uid))
-    except ApiException as exc:
-        if exc.status != CONFLICT:  # created by an earlier attempt
+        await memo["api"].create(Job(build_job(name, namespace, uid)), namespace=namespace)
+    except ApiError as exc:
+        if exc.status.code != CONFLICT:  # created by an earlier attempt
             raise
 
 

@@ -1,6 +1,6 @@
 """What keeps the operator's memory flat in the number of objects: one scheduler of passes instead of a
 daemon per ModelDeployment, registry answers shared by the ModelDeployments asking the same, a
-Deployment index that keeps only what a pass reads, and no daemon for a suspended TrainingRun."""
+Deployment index that keeps only what a pass reads, and no runner for a suspended TrainingRun."""
 
 from __future__ import annotations
 
@@ -142,15 +142,15 @@ def ready(reason: str) -> dict[str, object]:
 @pytest.mark.parametrize(
     ("spec", "status", "watched"),
     [
-        ({"suspend": True}, {}, True),  # no Job yet: the daemon creates it (suspended)
+        ({"suspend": True}, {}, True),  # no Job yet: the runner creates it (suspended)
         ({"suspend": True}, ready("Suspended"), False),  # parked until the spec changes
-        ({"suspend": False}, ready("Suspended"), True),  # resumed: the daemon un-suspends the Job
-        ({"suspend": True}, ready("Running"), True),  # the daemon still has to suspend the Job
+        ({"suspend": False}, ready("Suspended"), True),  # resumed: the runner un-suspends the Job
+        ({"suspend": True}, ready("Running"), True),  # the runner still has to suspend the Job
         ({}, {"phase": "Succeeded"}, False),
         ({}, ready("Pending"), True),
     ],
 )
-def test_only_a_trainingrun_that_can_change_has_a_daemon(
+def test_only_a_trainingrun_that_can_change_has_a_runner(
     spec: dict[str, object], status: dict[str, object], watched: bool
 ) -> None:
     assert needs_watching(spec, status) is watched

@@ -2,26 +2,56 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
 
 from mlplatform import __version__
-from mlplatform.demo import demo
-from mlplatform.local.cli import local
 from mlplatform.local.errors import LocalError
-from mlplatform.operator_cli import operator
+
+# command -> "module:attribute". A command's module loads only when that command runs, so the operator
+# (this command's entry point in its image) loads neither the local platform's libraries nor the demo's.
+COMMANDS = {
+    "demo": "mlplatform.demo:demo",
+    "local": "mlplatform.local.cli:local",
+    "operator": "mlplatform.operator_cli:operator",
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        module, attribute = COMMANDS[cmd_name].split(":")
+        try:
+            command = getattr(importlib.import_module(module), attribute)
+        except ModuleNotFoundError as exc:  # e.g. `local` in the operator image, which has only its libraries
+            return unavailable(cmd_name, exc.name or str(exc))
+        assert isinstance(command, click.Command)
+        return command
+
+
+def unavailable(name: str, missing: str) -> click.Command:
+    def fail() -> None:
+        raise click.ClickException(f"'{name}' needs the Python package {missing!r}, not installed here")
+
+    return click.Command(
+        name,
+        callback=fail,
+        help=f"(Not installed here: needs {missing}.)",
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+        add_help_option=False,
+    )
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mlplatform")
 def cli() -> None:
     """MLPlatform: a Kubernetes-native MLflow platform."""
-
-
-cli.add_command(local)
-cli.add_command(operator)
-cli.add_command(demo)
 
 
 def _fail(message: str, code: int) -> None:

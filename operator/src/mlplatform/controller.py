@@ -68,8 +68,7 @@ def make_startup(operator_settings: OperatorSettings) -> Any:
     async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         configure_kopf(settings)
         mlflow = MlflowClient(operator_settings.tracking_uri, credentials=Credentials.from_env(os.environ))
-        api = await connect()
-        ctx = OperatorContext(operator_settings, mlflow, Registry(mlflow), Kube(api), settings)
+        ctx = OperatorContext(operator_settings, mlflow, Registry(mlflow), Kube(connect()), settings)
         memo["context"] = ctx
         register_phases(trainingrun.KIND, ctx.phases)
         if (hooks := webhook_settings(operator_settings)) is not None:
@@ -141,8 +140,10 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     if ctx is not None:
         if ctx.serving is not None:
             ctx.serving.close()
+        if ctx.trainingruns is not None:
+            ctx.trainingruns.close()
         await ctx.mlflow.close()
-        await ctx.kube.api.close()
+        await ctx.kube.close()
 
 
 def run(settings: OperatorSettings, log_format: str = "json", verbose: bool = False) -> None:

@@ -16,6 +16,7 @@ from mlplatform.tracking import MlflowClient
 
 if TYPE_CHECKING:
     from mlplatform.handlers.passes import PassScheduler
+    from mlplatform.handlers.runners import Runners
 
 ObjectKey = tuple[str, str]  # (namespace, name as in the labels of its children)
 # How far this host's clock may run behind the apiserver's without an older object passing for a newer one.
@@ -29,7 +30,7 @@ class OperatorContext:
     registry: Registry
     kube: Kube
     kopf_settings: kopf.OperatorSettings
-    # A daemon waits on its event; the Job and pod watches set it when the object's children change.
+    # A runner waits on its event; the Job and pod watches set it when the object's children change.
     wakers: dict[ObjectKey, asyncio.Event] = field(default_factory=dict)
     phases: dict[str, str] = field(default_factory=dict)  # uid -> phase, for the metrics
     models: dict[ObjectKey, str] = field(default_factory=dict)  # ModelDeployment -> the model it serves
@@ -38,6 +39,8 @@ class OperatorContext:
     creating_runs: set[str] = field(default_factory=set)
     # The passes of the ModelDeployments, once the first one is seen (it brings kopf's indexes).
     serving: PassScheduler | None = None
+    # The runners of the TrainingRuns that can change, once the first one is seen (in kopf's context).
+    trainingruns: Runners | None = None
 
     def may_have_a_run(self, uid: str, created: datetime) -> bool:
         """Whether an MLflow run may exist for a TrainingRun whose status records none: one this process

@@ -19,7 +19,6 @@ from functools import partial
 from typing import Any, NoReturn
 
 import kopf
-from kubernetes_asyncio.client.exceptions import ApiException
 
 from mlplatform import names
 from mlplatform.api.base import SpecError
@@ -43,9 +42,10 @@ from mlplatform.builders.modeldeployment import (
 )
 from mlplatform.handlers.context import ObjectKey, OperatorContext
 from mlplatform.handlers.passes import PassScheduler
-from mlplatform.handlers.status import Logger, ObjectReconciler
-from mlplatform.handlers.trainingrun import api_message, context
+from mlplatform.handlers.status import Logger, ObjectReconciler, slim_body
+from mlplatform.handlers.trainingrun import context
 from mlplatform.jobstatus import pod_failure
+from mlplatform.kube import KubeError
 from mlplatform.metrics import DURATION, ERRORS, RECONCILES, ROLLOUTS
 from mlplatform.serving import server_source
 from mlplatform.tracking import MlflowError, MlflowUnavailable, ModelVersion
@@ -98,10 +98,7 @@ def deployment_summary(deployment: Mapping[str, Any]) -> dict[str, Any]:
 @kopf.index(*MODELDEPLOYMENT)
 async def modeldeployment_objects(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Any:
     """Each ModelDeployment as its passes read it: kopf keeps no other copy of its body."""
-    metadata = body.metadata
-    kept = {k: metadata.get(k) for k in ("name", "namespace", "uid", "generation", "deletionTimestamp")}
-    slim = {k: body.get(k) for k in ("apiVersion", "kind", "spec", "status")}
-    return {own_key(namespace, name): {**slim, "metadata": kept}}
+    return {own_key(namespace, name): slim_body(body)}
 
 
 @kopf.on.event(*MODELDEPLOYMENT)
@@ -266,9 +263,9 @@ class ModelDeploymentReconciler(ObjectReconciler):
                     {"resolvedFrom": spec.model.resolved_from}, unusable(exc.reason, exc.message)
                 )
             return float(spec.poll_interval_seconds)
-        except (MlflowError, ApiException) as exc:
+        except (MlflowError, KubeError) as exc:
             reason = "RegistryUnavailable" if isinstance(exc, MlflowError) else "KubernetesError"
-            message = str(exc) if isinstance(exc, MlflowError) else api_message(exc)
+            message = str(exc) if isinstance(exc, MlflowError) else exc.message
             ERRORS.labels(KIND, reason).inc()
             self.logger.warning("%s: %s", reason, message)
             await self.write_quietly(reason, message)
@@ -424,8 +421,8 @@ class ModelDeploymentReconciler(ObjectReconciler):
         """Say in Degraded what went wrong, keeping Ready as it is (what runs keeps serving)."""
         try:
             await self.write({}, [Condition(DEGRADED, True, reason, message)])
-        except ApiException as exc:
-            self.logger.warning("cannot write status: %s", api_message(exc))
+        except KubeError as exc:
+            self.logger.warning("cannot write status: %s", exc.message)
 
 
 def raise_unknown_image(model: str, version: str) -> NoReturn:

@@ -1,12 +1,13 @@
-"""The daemon of one of our objects: what it holds, and how it writes the object's status (only when it
+"""The reconciler of one of our objects: what it holds, and how it writes the object's status (only when it
 says something new, with conditions that keep their transition times, read back as written: the watch
 brings the object's own status back later, and a pass must not act twice on what the last one recorded)."""
 
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import kopf
 
@@ -15,6 +16,30 @@ from mlplatform.handlers.context import OperatorContext
 from mlplatform.kube import Kube
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
+SHARED_STRING_LENGTH = 64  # longer ones (messages) are seldom the same in two objects
+KEPT_METADATA = ("name", "namespace", "uid", "generation", "creationTimestamp", "deletionTimestamp")
+
+
+def slim_body(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What a reconciler reads of one of our objects (its spec, status and identity), without what the
+    operator never reads (managed fields, annotations, labels): the copy it holds between events."""
+    metadata = body.get("metadata") or {}
+    slim = {key: body.get(key) for key in ("apiVersion", "kind", "spec", "status")}
+    slim["metadata"] = {key: metadata.get(key) for key in KEPT_METADATA}
+    return cast(dict[str, Any], shared_strings(slim))
+
+
+def shared_strings(value: Any) -> Any:
+    """`value` with every dict key and short string interned: each decoded body brings its own copy of
+    every key, condition type and reason (about half of a slim body's memory), while thousands of held
+    bodies can share one."""
+    if isinstance(value, Mapping):
+        return {sys.intern(str(key)): shared_strings(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [shared_strings(item) for item in value]
+    if isinstance(value, str) and len(value) <= SHARED_STRING_LENGTH:
+        return sys.intern(value)
+    return value
 
 
 class StatusWriter:
@@ -51,8 +76,8 @@ class StatusWriter:
 
 
 class ObjectReconciler:
-    """The state a daemon keeps for one object: the operator's context, the object, who it is, and its
-    status as last written. Subclasses name their resource's plural."""
+    """The state kept for one object while it is reconciled: the operator's context, the object, who it
+    is, and its status as last written. Subclasses name their resource's plural."""
 
     plural: ClassVar[str]
 

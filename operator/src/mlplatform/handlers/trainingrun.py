@@ -1,6 +1,6 @@
-"""TrainingRun handlers: one daemon per unfinished TrainingRun carries it from MLflow run to result.
+"""TrainingRun handlers: a runner per TrainingRun that can change carries it from MLflow run to result.
 
-The daemon is level-triggered: it starts from what the cluster and MLflow hold (the run tagged with the
+The runner is level-triggered: it starts from what the cluster and MLflow hold (the run tagged with the
 object's uid, the Job named after it), so a restarted operator resumes every unfinished TrainingRun
 without a second run or a second Job. It sleeps until a watch of its Job or pods wakes it (or a resync
 timer), reads them from kopf's indexes, and writes status only when something changed.
@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import kopf
-from kubernetes_asyncio.client.exceptions import ApiException
 
 from mlplatform import names
 from mlplatform.api.base import SpecError
@@ -27,8 +25,10 @@ from mlplatform.api.trainingrun import Phase, TrainingRunSpec, parse_spec
 from mlplatform.builders.common import short_name
 from mlplatform.builders.trainingrun import RunContext, TrainerSettings, build_job, job_name
 from mlplatform.handlers.context import ObjectKey, OperatorContext
-from mlplatform.handlers.status import Logger, ObjectReconciler
+from mlplatform.handlers.runners import Runners
+from mlplatform.handlers.status import Logger, ObjectReconciler, slim_body
 from mlplatform.jobstatus import Observation, observe
+from mlplatform.kube import KubeError
 from mlplatform.metrics import DURATION, ERRORS, RECONCILES
 from mlplatform.promotion import Decision, check_gate, decide, format_metric, key_metric
 from mlplatform.registry import ModelNotLogged
@@ -63,8 +63,8 @@ def finished(status: Mapping[str, Any], **_: Any) -> bool:
 
 
 def needs_watching(spec: Mapping[str, Any], status: Mapping[str, Any], **_: Any) -> bool:
-    """Whether the TrainingRun needs its daemon: not once finished, nor while its Job is recorded as
-    suspended as the spec asks (nothing can happen until the spec changes, which brings the daemon back;
+    """Whether the TrainingRun needs its runner: not once finished, nor while its Job is recorded as
+    suspended as the spec asks (nothing can happen until the spec changes, which brings the runner back;
     it resumes from the cluster and MLflow as after a restart)."""
     ready: Mapping[str, Any] = next(
         (c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {}
@@ -87,9 +87,9 @@ def recorded_job_name(status: Mapping[str, Any], name: str) -> str:
     return str(status.get("jobName") or job_name(name))
 
 
-# --- watches: Jobs and pods kept in indexes (which also wake their TrainingRun's daemon) ----------------
+# --- watches: Jobs and pods kept in indexes (which also wake their TrainingRun's runner) ----------------
 # Indexes rather than event handlers: kopf runs them before any handler, quietly, and keeps their latest
-# state, so a daemon reads its children without an API call.
+# state, so a runner reads its children without an API call.
 
 
 @kopf.index("batch", "v1", "jobs", labels=CHILDREN)
@@ -102,7 +102,7 @@ async def trainingrun_jobs(
 
 
 def job_summary(job: Mapping[str, Any]) -> dict[str, Any]:
-    """What the daemon reads of a Job (jobstatus.observe and the suspend sync): an index keeps one per
+    """What the runner reads of a Job (jobstatus.observe and the suspend sync): an index keeps one per
     TrainingRun, so not its pod template."""
     spec = job.get("spec") or {}
     return {
@@ -138,13 +138,29 @@ def context(memo: Any) -> OperatorContext:
 # --- the TrainingRun ------------------------------------------------------------------------------
 
 
-@kopf.daemon(*TRAININGRUN, id="run", when=needs_watching, cancellation_timeout=10)
-async def run_trainingrun(body: kopf.Body, memo: Any, logger: Logger, **indexes: Any) -> None:
-    """Carry one TrainingRun from creation to its result; returns (and so stops) once it is recorded.
-    kopf passes its indexes by their function's name."""
-    jobs, pods = indexes["trainingrun_jobs"], indexes["trainingrun_pods"]
-    reconciler = TrainingRunReconciler(context(memo), body, logger, jobs, pods)
-    await reconciler.run()
+@kopf.on.event(*TRAININGRUN)
+async def trainingrun_seen(body: kopf.Body, type: str | None, memo: Any, **indexes: Any) -> None:
+    """Every TrainingRun listed or changed that can change has a runner, which carries it from creation
+    to its result and holds a slim copy of it; a finished, parked or deleted one has none. kopf passes
+    its indexes by their function's name."""
+    ctx = context(memo)
+    runners = ctx.trainingruns = ctx.trainingruns or Runners()
+    key = own_key(body.metadata.namespace, body.metadata.name)
+    if type == "DELETED":
+        runners.forget(key, body.metadata.uid or "")
+    elif body.metadata.get("deletionTimestamp") or not needs_watching(body.spec, body.status):
+        runners.stop(key)
+    else:
+        jobs, pods = indexes["trainingrun_jobs"], indexes["trainingrun_pods"]
+        slim = kopf.Body(cast(kopf.RawBody, slim_body(body)))
+        runners.ensure(key, slim, partial(new_reconciler, ctx, jobs, pods))
+
+
+def new_reconciler(
+    ctx: OperatorContext, jobs: kopf.Index[ObjectKey, Any], pods: kopf.Index[ObjectKey, Any], body: kopf.Body
+) -> TrainingRunReconciler:
+    logger = kopf.ObjectLogger(body=body, settings=ctx.kopf_settings)
+    return TrainingRunReconciler(ctx, body, logger, jobs, pods)
 
 
 @kopf.on.update(*TRAININGRUN, field="spec")
@@ -289,9 +305,9 @@ class TrainingRunReconciler(ObjectReconciler):
         with DURATION.labels(KIND, "create_job").time():
             try:
                 job = await self.ctx.kube.create_job(manifest)
-            except ApiException as exc:
+            except KubeError as exc:
                 if exc.status == 422:
-                    raise RunError("InvalidSpec", f"the Job was refused: {api_message(exc)}") from None
+                    raise RunError("InvalidSpec", f"the Job was refused: {exc.message}") from None
                 raise
         owners = [o.get("uid") for o in job["metadata"].get("ownerReferences") or []]
         if self.uid not in owners:
@@ -399,7 +415,7 @@ class TrainingRunReconciler(ObjectReconciler):
             message += f"; model {spec.model.name} version {fields['model']['version']}"
         kopf.info(self.body, reason="Succeeded", message=message)
         RECONCILES.labels(KIND, "succeeded").inc()
-        # The last step: a finished status stops this daemon.
+        # The last step: a finished status ends this runner.
         await self.write(fields, done("Succeeded", message))
 
     async def register(self, spec: TrainingRunSpec, run: RunContext, mlflow_run: Run) -> dict[str, Any]:
@@ -463,7 +479,7 @@ class TrainingRunReconciler(ObjectReconciler):
             fields["completionTime"] = observation.finished_at
         kopf.warn(self.body, reason=failure.reason, message=failure.message)
         RECONCILES.labels(KIND, "failed").inc()
-        # The last step: a finished status stops this daemon.
+        # The last step: a finished status ends this runner.
         await self.write(fields, stalled(failure.reason, failure.message))
 
     async def mark_run_failed(self, run_id: str, failure: RunError) -> None:
@@ -491,10 +507,10 @@ class TrainingRunReconciler(ObjectReconciler):
                 reason, message = "MlflowUnavailable", f"cannot {what}: {exc}; retrying"
             except MlflowError as exc:
                 raise RunError("MlflowError", f"cannot {what}: {exc}") from None
-            except ApiException as exc:
+            except KubeError as exc:
                 if exc.status in (400, 404, 422):
-                    raise RunError("KubernetesError", f"cannot {what}: {api_message(exc)}") from None
-                reason, message = "KubernetesUnavailable", f"cannot {what}: {api_message(exc)}; retrying"
+                    raise RunError("KubernetesError", f"cannot {what}: {exc.message}") from None
+                reason, message = "KubernetesUnavailable", f"cannot {what}: {exc.message}; retrying"
             ERRORS.labels(KIND, reason).inc()
             self.logger.warning("%s (attempt %d)", message, attempt + 1)
             await self.write_quietly(reason, message)
@@ -504,13 +520,5 @@ class TrainingRunReconciler(ObjectReconciler):
     async def write_quietly(self, reason: str, message: str) -> None:
         try:
             await self.write({}, in_progress(reason, message))
-        except ApiException as exc:
-            self.logger.warning("cannot write status: %s", api_message(exc))
-
-
-def api_message(exc: ApiException) -> str:
-    """The apiserver's own message (from its Status body), not the whole HTTP exchange."""
-    try:
-        return str(json.loads(exc.body or b"").get("message") or exc.reason)
-    except (TypeError, ValueError):
-        return f"{exc.status} {exc.reason}"
+        except KubeError as exc:
+            self.logger.warning("cannot write status: %s", exc.message)
