@@ -10,7 +10,7 @@ from typing import Any, cast
 
 import kopf
 
-from mlplatform.handlers.context import ObjectKey
+from mlplatform.handlers.context import ObjectKey, OperatorContext
 from mlplatform.handlers.runners import Runners
 from mlplatform.handlers.status import slim_body
 
@@ -162,3 +162,18 @@ def test_slim_bodies_share_their_keys_and_short_strings() -> None:
     assert keys == ["pollIntervalSeconds"] * 2 and keys[0] is keys[1]
     assert first["spec"] == {"model": {"pollIntervalSeconds": 30}}
     assert first["status"]["phase"] == "Pending" and first["status"]["phase"] is second["status"]["phase"]
+
+
+def test_a_new_runner_keeps_its_waker_when_the_stopped_one_exits() -> None:
+    """A runner stopped and one started for the same object at once: the old one's exit must not take the
+    new one's wake-ups away (it would then only resync)."""
+    unused: Any = None
+    ctx = OperatorContext(unused, unused, unused, unused, unused)
+    stopped = ctx.waker(KEY)
+    started = ctx.waker(KEY)
+    assert started is not stopped
+    ctx.drop_waker(KEY, stopped)  # the stopped runner ends after the new one began
+    ctx.wake(KEY)
+    assert started.is_set() and not stopped.is_set()
+    ctx.drop_waker(KEY, started)
+    assert KEY not in ctx.wakers

@@ -49,7 +49,14 @@ class OperatorContext:
         return uid in self.creating_runs or created < self.started + CLOCK_SKEW
 
     def waker(self, key: ObjectKey) -> asyncio.Event:
-        return self.wakers.setdefault(key, asyncio.Event())
+        """A waker of its own for the runner of `key`: a stopped runner still finishing keeps its old one,
+        and its exit cannot take away the new runner's."""
+        self.wakers[key] = event = asyncio.Event()
+        return event
+
+    def drop_waker(self, key: ObjectKey, event: asyncio.Event) -> None:
+        if self.wakers.get(key) is event:
+            del self.wakers[key]
 
     def wake(self, key: ObjectKey) -> None:
         if (event := self.wakers.get(key)) is not None:

@@ -9,7 +9,6 @@ timer), reads them from kopf's indexes, and writes status only when something ch
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
@@ -19,6 +18,7 @@ from typing import Any, TypeVar, cast
 import kopf
 
 from mlplatform import names
+from mlplatform.aio import wait_woken
 from mlplatform.api.base import SpecError
 from mlplatform.api.conditions import ReasonedError, done, in_progress, now_iso, stalled
 from mlplatform.api.trainingrun import Phase, TrainingRunSpec, parse_spec
@@ -242,7 +242,7 @@ class TrainingRunReconciler(ObjectReconciler):
         except RunError as error:
             await self.retrying("record the failure", partial(self.record_failure, error, None))
         finally:
-            self.ctx.wakers.pop(self.key, None)
+            self.ctx.drop_waker(self.key, waker)
 
     def parse(self) -> TrainingRunSpec:
         try:
@@ -347,8 +347,7 @@ class TrainingRunReconciler(ObjectReconciler):
                 self.ctx.creating_runs.discard(self.uid)  # the status names the run now
                 fields = {}
             await self.sync_suspend()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(waker.wait(), RESYNC_SECONDS)
+            await wait_woken(waker, RESYNC_SECONDS)
 
     async def observe(
         self, spec: TrainingRunSpec, run: RunContext, created: Mapping[str, Any] | None = None

@@ -9,7 +9,6 @@ write volumes (podvolumes.py), start the sandbox, start or restart containers an
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import sys
@@ -17,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mlplatform.aio import wait_woken
 from mlplatform.local.files import write_if_changed
 from mlplatform.local.images import ensure_image, prepared_key, pull_failure, resolve_image
 from mlplatform.local.node import runtime
@@ -96,8 +96,7 @@ class PodWorker:
                 log.exception("sync of pod %s failed", pod.name)
                 pod.wake_at = time.monotonic() + min(2**failures, 30)
             delay = RESYNC_SECONDS if pod.wake_at is None else max(0.0, pod.wake_at - time.monotonic())
-            with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
-                await asyncio.wait_for(pod.wake.wait(), timeout=min(delay, RESYNC_SECONDS))
+            await wait_woken(pod.wake, min(delay, RESYNC_SECONDS))
 
     # --- the sync pass
     async def sync(self) -> bool:
