@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import urllib3
 import yaml
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
@@ -461,6 +462,23 @@ def suspended_trainingrun(name: str) -> dict[str, Any]:
     }
 
 
+def create_surely(create: Callable[[], None], attempts: int = 5) -> None:
+    """Create an object even when the apiserver drops the connection under the load of a burst: a create
+    that got no answer is sent again, and "already exists" then means the first one landed."""
+    for attempt in range(attempts):
+        try:
+            create()
+            return
+        except ApiException as exc:
+            if exc.status == 409 and attempt > 0:
+                return
+            raise
+        except (urllib3.exceptions.ProtocolError, urllib3.exceptions.MaxRetryError):
+            if attempt + 1 == attempts:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+
+
 def create_paced(create: Callable[[int], None], count: int, rate: float, threads: int = 16) -> list[float]:
     """Call create(i) for i < count at `rate` per second (threads keep the pace when a call is slow);
     the monotonic time each call started."""
@@ -470,7 +488,7 @@ def create_paced(create: Callable[[int], None], count: int, rate: float, threads
     def one(index: int) -> None:
         time.sleep(max(0.0, begin + index / rate - time.monotonic()))
         started[index] = time.monotonic()
-        create(index)
+        create_surely(lambda: create(index))
 
     with ThreadPoolExecutor(threads) as pool:
         for future in [pool.submit(one, index) for index in range(count)]:

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any, cast
 
 import kopf
 
 from mlplatform.handlers.context import ObjectKey, OperatorContext
 from mlplatform.handlers.runners import Runners
-from mlplatform.handlers.status import slim_body
+from mlplatform.handlers.status import ObjectReconciler, Packed, slim_body, slim_fields
 
 KEY: ObjectKey = ("team-a", "wine")
 
@@ -121,26 +122,28 @@ def test_a_failing_runner_starts_again_from_the_last_body_it_was_given() -> None
     asyncio.run(scenario())
 
 
+FULL: dict[str, Any] = {
+    "apiVersion": "mlplatform.dev/v1alpha1",
+    "kind": "TrainingRun",
+    "metadata": {
+        "name": "wine",
+        "namespace": "team-a",
+        "uid": "uid-1",
+        "generation": 2,
+        "creationTimestamp": "2026-12-01T12:00:00Z",
+        "managedFields": [{"manager": "kubectl"}],
+        "annotations": {"mlplatform.dev/last-handled-configuration": "{}"},
+        "finalizers": ["mlplatform.dev/finalizer"],
+    },
+    "spec": {"image": "trainer-sklearn"},
+    "status": {"phase": "Running"},
+}
+
+
 def test_the_slim_body_keeps_what_a_reconciler_reads_and_nothing_else() -> None:
-    full = {
-        "apiVersion": "mlplatform.dev/v1alpha1",
-        "kind": "TrainingRun",
-        "metadata": {
-            "name": "wine",
-            "namespace": "team-a",
-            "uid": "uid-1",
-            "generation": 2,
-            "creationTimestamp": "2026-12-01T12:00:00Z",
-            "managedFields": [{"manager": "kubectl"}],
-            "annotations": {"mlplatform.dev/last-handled-configuration": "{}"},
-            "finalizers": ["mlplatform.dev/finalizer"],
-        },
-        "spec": {"image": "trainer-sklearn"},
-        "status": {"phase": "Running"},
-    }
-    slim = slim_body(full)
-    assert slim["spec"] == full["spec"] and slim["status"] == full["status"]
-    assert slim["apiVersion"] == full["apiVersion"] and slim["kind"] == "TrainingRun"
+    slim = slim_body(FULL)
+    assert slim["spec"] == FULL["spec"] and slim["status"] == FULL["status"]
+    assert slim["apiVersion"] == FULL["apiVersion"] and slim["kind"] == "TrainingRun"
     assert set(slim["metadata"]) == {
         "name",
         "namespace",
@@ -177,3 +180,24 @@ def test_a_new_runner_keeps_its_waker_when_the_stopped_one_exits() -> None:
     assert started.is_set() and not stopped.is_set()
     ctx.drop_waker(KEY, started)
     assert KEY not in ctx.wakers
+
+
+def test_a_packed_body_unpacks_to_the_slim_body() -> None:
+    packed = Packed(slim_fields(FULL))
+    assert isinstance(packed.packed, str) and "managedFields" not in packed.packed
+    assert packed.unpack() == slim_body(FULL)
+    assert packed.unpack() is not packed.unpack()  # each read gets a copy of its own
+
+
+def test_a_released_reconciler_keeps_who_it_is_and_what_it_wrote() -> None:
+    class Reconciler(ObjectReconciler):
+        plural = "trainingruns"
+
+    unused: Any = None
+    ctx = OperatorContext(unused, unused, unused, unused, unused)
+    reconciler = Reconciler(ctx, kopf.Body(cast(kopf.RawBody, slim_body(FULL))), logging.getLogger(__name__))
+    reconciler.writer.written = {"phase": "Succeeded"}
+    reconciler.release()
+    assert "spec" not in reconciler.body and reconciler.writer.body is reconciler.body
+    assert reconciler.body.metadata.uid == "uid-1" and reconciler.body.metadata["generation"] == 2
+    assert reconciler.status == {"phase": "Succeeded"}

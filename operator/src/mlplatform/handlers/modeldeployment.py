@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import kopf
 
@@ -42,7 +42,7 @@ from mlplatform.builders.modeldeployment import (
 )
 from mlplatform.handlers.context import ObjectKey, OperatorContext
 from mlplatform.handlers.passes import PassScheduler
-from mlplatform.handlers.status import Logger, ObjectReconciler, slim_body
+from mlplatform.handlers.status import Logger, ObjectReconciler, Packed, slim_fields
 from mlplatform.handlers.trainingrun import context
 from mlplatform.jobstatus import pod_failure
 from mlplatform.kube import KubeError
@@ -97,8 +97,8 @@ def deployment_summary(deployment: Mapping[str, Any]) -> dict[str, Any]:
 
 @kopf.index(*MODELDEPLOYMENT)
 async def modeldeployment_objects(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Any:
-    """Each ModelDeployment as its passes read it: kopf keeps no other copy of its body."""
-    return {own_key(namespace, name): slim_body(body)}
+    """Each ModelDeployment as its passes read it, packed: kopf keeps no other copy of its body."""
+    return {own_key(namespace, name): Packed(slim_fields(body))}
 
 
 @kopf.on.event(*MODELDEPLOYMENT)
@@ -146,8 +146,8 @@ class ModelDeploymentPasses:
         self.reconcilers: dict[ObjectKey, ModelDeploymentReconciler] = {}
 
     async def run_pass(self, key: ObjectKey) -> float | None:
-        found = list(self.objects.get(key, []))
-        body = kopf.Body(found[0]) if found else None
+        found: list[Packed] = list(self.objects.get(key, []))
+        body = kopf.Body(cast(kopf.RawBody, found[0].unpack())) if found else None
         if body is None or body.metadata.get("deletionTimestamp"):
             self.reconcilers.pop(key, None)
             self.ctx.models.pop(key, None)
@@ -158,7 +158,10 @@ class ModelDeploymentPasses:
             reconciler = ModelDeploymentReconciler(self.ctx, body, logger, self.deployments)
             self.reconcilers[key] = reconciler
         reconciler.refresh(body)
-        return await reconciler.reconcile_safely()
+        try:
+            return await reconciler.reconcile_safely()
+        finally:
+            reconciler.release()
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from mlplatform.builders.common import short_name
 from mlplatform.builders.trainingrun import RunContext, TrainerSettings, build_job, job_name
 from mlplatform.handlers.context import ObjectKey, OperatorContext
 from mlplatform.handlers.runners import Runners
-from mlplatform.handlers.status import Logger, ObjectReconciler, slim_body
+from mlplatform.handlers.status import Logger, ObjectReconciler, Packed, slim_body
 from mlplatform.jobstatus import Observation, observe
 from mlplatform.kube import KubeError
 from mlplatform.metrics import DURATION, ERRORS, RECONCILES
@@ -98,7 +98,7 @@ async def trainingrun_jobs(
 ) -> Any:
     key = child_key(namespace, labels)
     context(memo).wake(key)
-    return {key: job_summary(body)}
+    return {key: Packed(job_summary(body))}
 
 
 def job_summary(job: Mapping[str, Any]) -> dict[str, Any]:
@@ -358,8 +358,8 @@ class TrainingRunReconciler(ObjectReconciler):
         return observe(job, list(self.pods.get(self.key, [])))
 
     def indexed_job(self) -> Mapping[str, Any] | None:
-        found = list(self.jobs.get(self.key, []))
-        return found[0] if found else None
+        found: list[Packed] = list(self.jobs.get(self.key, []))
+        return found[0].unpack() if found else None
 
     @property
     def job_name(self) -> str:
