@@ -12,6 +12,7 @@ from typing import Any, cast
 import kopf
 
 from mlplatform.handlers.context import ObjectKey, OperatorContext
+from mlplatform.handlers.modeldeployment import ModelDeploymentReconciler
 from mlplatform.handlers.runners import Runners
 from mlplatform.handlers.status import ObjectReconciler, Packed, slim_body, slim_fields
 
@@ -189,15 +190,42 @@ def test_a_packed_body_unpacks_to_the_slim_body() -> None:
     assert packed.unpack() is not packed.unpack()  # each read gets a copy of its own
 
 
-def test_a_released_reconciler_keeps_who_it_is_and_what_it_wrote() -> None:
+def test_a_reconciler_made_for_the_next_pass_recalls_what_the_last_one_wrote() -> None:
     class Reconciler(ObjectReconciler):
         plural = "trainingruns"
 
     unused: Any = None
     ctx = OperatorContext(unused, unused, unused, unused, unused)
-    reconciler = Reconciler(ctx, kopf.Body(cast(kopf.RawBody, slim_body(FULL))), logging.getLogger(__name__))
-    reconciler.writer.written = {"phase": "Succeeded"}
-    reconciler.release()
-    assert "spec" not in reconciler.body and reconciler.writer.body is reconciler.body
-    assert reconciler.body.metadata.uid == "uid-1" and reconciler.body.metadata["generation"] == 2
-    assert reconciler.status == {"phase": "Succeeded"}
+
+    def made(uid: str = "uid-1") -> Reconciler:
+        raw = {**slim_body(FULL), "metadata": {**FULL["metadata"], "uid": uid}}
+        return Reconciler(ctx, kopf.Body(cast(kopf.RawBody, raw)), logging.getLogger(__name__))
+
+    last = made()
+    last.writer.written = {"phase": "Succeeded"}
+    last.writer.last_said = [("Ready", True, "Succeeded", "the trainer finished")]
+    memory = Packed(last.memory()).unpack()  # kept packed between passes
+
+    following = made()
+    assert following.recall(memory)
+    assert following.status["phase"] == "Succeeded"
+    assert following.writer.last_said == last.writer.last_said  # tuples again, as a write compares them
+    stranger = made(uid="uid-2")  # deleted and made again under the same name
+    assert not stranger.recall(memory) and stranger.status == FULL["status"]
+
+
+def test_a_modeldeployment_pass_recalls_its_pruned_generation_and_images() -> None:
+    unused: Any = None
+    ctx = OperatorContext(unused, unused, unused, unused, unused)
+    raw = {**slim_body(FULL), "kind": "ModelDeployment"}
+
+    def made() -> ModelDeploymentReconciler:
+        body = kopf.Body(cast(kopf.RawBody, raw))
+        return ModelDeploymentReconciler(ctx, body, logging.getLogger(__name__), unused)
+
+    last = made()
+    last.pruned_generation = 2
+    last.images[("wine", "3")] = "trainer-sklearn"
+    following = made()
+    assert following.recall(Packed(last.memory()).unpack())
+    assert following.pruned_generation == 2 and following.images == {("wine", "3"): "trainer-sklearn"}

@@ -131,8 +131,8 @@ def serving_passes(ctx: OperatorContext, indexes: Mapping[str, Any]) -> PassSche
 
 
 class ModelDeploymentPasses:
-    """The reconciler of each ModelDeployment between passes (its last status written, its pruned
-    generation), and one pass of it on the object as the index has it now."""
+    """One pass of a ModelDeployment, on the object as the index has it now, by a reconciler made for the
+    pass; between passes each object keeps only that reconciler's memory, packed."""
 
     def __init__(
         self,
@@ -143,25 +143,23 @@ class ModelDeploymentPasses:
         self.ctx = ctx
         self.objects = objects
         self.deployments = deployments
-        self.reconcilers: dict[ObjectKey, ModelDeploymentReconciler] = {}
+        self.memories: dict[ObjectKey, Packed] = {}
 
     async def run_pass(self, key: ObjectKey) -> float | None:
         found: list[Packed] = list(self.objects.get(key, []))
         body = kopf.Body(cast(kopf.RawBody, found[0].unpack())) if found else None
         if body is None or body.metadata.get("deletionTimestamp"):
-            self.reconcilers.pop(key, None)
+            self.memories.pop(key, None)
             self.ctx.models.pop(key, None)
             return None
-        reconciler = self.reconcilers.get(key)
-        if reconciler is None or reconciler.uid != body.metadata.uid:  # new, or deleted and made again
-            logger = kopf.LocalObjectLogger(body=body, settings=self.ctx.kopf_settings)
-            reconciler = ModelDeploymentReconciler(self.ctx, body, logger, self.deployments)
-            self.reconcilers[key] = reconciler
-        reconciler.refresh(body)
+        logger = kopf.LocalObjectLogger(body=body, settings=self.ctx.kopf_settings)
+        reconciler = ModelDeploymentReconciler(self.ctx, body, logger, self.deployments)
+        if (memory := self.memories.get(key)) is not None:
+            reconciler.recall(memory.unpack())
         try:
             return await reconciler.reconcile_safely()
         finally:
-            reconciler.release()
+            self.memories[key] = Packed(reconciler.memory())
 
 
 @dataclass(frozen=True)
@@ -245,6 +243,17 @@ class ModelDeploymentReconciler(ObjectReconciler):
         self.key = own_key(self.namespace, self.name)
         self.pruned_generation: int | None = None  # the generation whose unwanted children were deleted
         self.images: dict[tuple[str, str], str] = {}  # (model, version) -> the image it was trained with
+
+    def memory(self) -> dict[str, Any]:
+        images = [[model, version, image] for (model, version), image in self.images.items()]
+        return {**super().memory(), "prunedGeneration": self.pruned_generation, "images": images}
+
+    def recall(self, memory: Mapping[str, Any]) -> bool:
+        if not super().recall(memory):
+            return False
+        self.pruned_generation = memory["prunedGeneration"]
+        self.images = {(model, version): image for model, version, image in memory["images"]}
+        return True
 
     async def reconcile_safely(self) -> float:
         """One pass; the seconds until the next one unless something wakes it sooner."""

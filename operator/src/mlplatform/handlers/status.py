@@ -118,9 +118,21 @@ class ObjectReconciler:
         """The object as the watch brought it last, for a reconciler that outlives one pass."""
         self.body = self.writer.body = body
 
-    def release(self) -> None:
-        """Let go of the body between passes (the next one brings it again); what was written stays."""
-        self.refresh(kopf.Body(cast(kopf.RawBody, {"metadata": dict(self.body.metadata)})))
+    def memory(self) -> dict[str, Any]:
+        """What a reconciler made for each pass must know of the last one (JSON, to be kept packed):
+        what it wrote, which the watch may not have brought back yet."""
+        return {"uid": self.uid, "said": self.writer.last_said, "written": self.writer.written}
+
+    def recall(self, memory: Mapping[str, Any]) -> bool:
+        """Take up what the last pass left (`memory`); False if it was another object's of the same
+        name (deleted and made again)."""
+        if memory.get("uid") != self.uid:
+            return False
+        self.writer.last_said = [
+            (kind, status, reason, message) for kind, status, reason, message in memory["said"]
+        ]
+        self.writer.written = dict(memory["written"])
+        return True
 
     async def write(
         self, fields: Mapping[str, Any], conditions: list[Condition], stamp: Mapping[str, Any] | None = None
