@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes import client
+from kubernetes import client, watch
 
-from kube import container_state, eventually, finished, is_ready, job_outcome, pod, pods_of, python_pod
+from kube import container_state, eventually, is_ready, job_outcome, pod, pods_of, python_pod
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("local_node")]
 Manifest = dict[str, Any]
@@ -25,6 +25,22 @@ def sidecar(name: str, command: list[str], **container: Any) -> Manifest:
 
 def host_folder(name: str, path: Path) -> Manifest:
     return {"name": name, "hostPath": {"path": str(path), "type": "Directory"}}
+
+
+def first_finished_status(core: client.CoreV1Api, namespace: str, name: str, version: str) -> client.V1Pod:
+    """The first status, watched from `version` on, that shows the pod Succeeded or Failed."""
+    stream = watch.Watch()
+    for event in stream.stream(
+        core.list_namespaced_pod,
+        namespace,
+        field_selector=f"metadata.name={name}",
+        resource_version=version,
+        timeout_seconds=90,
+    ):
+        if event["object"].status.phase in ("Succeeded", "Failed"):
+            stream.stop()
+            return event["object"]
+    raise AssertionError(f"pod {name} did not finish within 90 s")
 
 
 # Listens only after 2 s: the containers after it can only reach it if the node waited for its startup probe.
@@ -133,10 +149,12 @@ def test_a_crashing_sidecar_restarts_without_failing_the_pod(
 
     found = eventually(restarted, timeout=60, what="the sidecar restarted")
     assert found.status.phase == "Running"  # restartPolicy Never: yet a sidecar restarts, failing nothing
-    done = finished(core, namespace, "patient", timeout=90)
+    # The first finished status, not the last: the main container ends while the sidecar waits out its
+    # back-off, and no status may show the pod Succeeded with its sidecar still backing off.
+    done = first_finished_status(core, namespace, "patient", found.metadata.resource_version)
     assert done.status.phase == "Succeeded"
     [status] = done.status.init_container_statuses
-    assert status.state.terminated is not None and status.state.terminated.exit_code == 3
+    assert status.state.terminated is not None and status.state.terminated.exit_code == 3, status.state
 
 
 def trapping(name: str, delay: float) -> Manifest:
