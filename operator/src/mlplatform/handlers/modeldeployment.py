@@ -102,22 +102,23 @@ async def modeldeployment_objects(namespace: str | None, name: str, body: kopf.B
 
 
 @kopf.on.event(*MODELDEPLOYMENT)
-async def modeldeployment_seen(
-    namespace: str | None, name: str, type: str | None, memo: Any, **indexes: Any
-) -> None:
-    """Every ModelDeployment listed or created gets its passes; a deleted one its last (which ends
-    them)."""
+async def modeldeployment_seen(body: kopf.Body, type: str | None, memo: Any, **indexes: Any) -> None:
+    """Every ModelDeployment listed or created gets its passes; one whose spec changed since its last
+    pass gets one at once; a deleted one its last (which ends them). No kopf change handler: kopf would
+    patch a diff-base annotation onto every object, a request and a watch event each, where the
+    generation already tells a spec change."""
     passes = serving_passes(context(memo), indexes)
-    key = own_key(namespace, name)
-    if type == "DELETED":
+    key = own_key(body.metadata.namespace, body.metadata.name or "")
+    if type == "DELETED" or (key in passes and spec_unobserved(body.metadata, body.status)):
         passes.wake(key)
     else:
         passes.ensure(key)
 
 
-@kopf.on.update(*MODELDEPLOYMENT, field="spec")
-async def modeldeployment_spec_changed(body: kopf.Body, memo: Any, **_: Any) -> None:
-    context(memo).wake(own_key(body.metadata.namespace, body.metadata.name))
+def spec_unobserved(meta: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
+    """Whether the object's spec changed after the status was last written (every pass writes the
+    generation it acted on)."""
+    return meta.get("generation") != (status or {}).get("observedGeneration")
 
 
 def serving_passes(ctx: OperatorContext, indexes: Mapping[str, Any]) -> PassScheduler:

@@ -82,7 +82,8 @@ class StatusWriter:
         as a time of the last check, are written along but are no news on their own)."""
         generation = self.body.metadata.get("generation")
         said = [(c.type, c.status, c.reason, c.message) for c in conditions]
-        if said == self.last_said and all(self.status.get(key) == value for key, value in fields.items()):
+        unchanged = all(self.status.get(key) == value for key, value in fields.items())
+        if said == self.last_said and unchanged and self.status.get("observedGeneration") == generation:
             return
         status = {
             **fields,
