@@ -44,7 +44,7 @@ from mlplatform.local.config import (
     default_state_dir,
     load_config,
 )
-from mlplatform.local.images import ensure_environment, load_image_map, resolve_image
+from mlplatform.local.images import ImageEnvironment, ensure_environment, load_image_map, resolve_image
 from mlplatform.local.stack import endpoints
 from mlplatform.local.stack.tracking import in_cluster_uri
 
@@ -109,7 +109,8 @@ def operator_env(
 ) -> dict[str, str]:
     return {
         **os.environ,
-        "PYTHONPATH": str(ROOT / "operator" / "src"),  # as the image has it
+        **operator_image().env,  # its allocator, for one: the bench runs the operator as the image does
+        "PYTHONPATH": str(ROOT / "operator" / "src"),  # where the image has it, here
         "KUBECONFIG": str(kubeconfig),
         "MLPLATFORM_TRACKING_URI": tracking_uri,
         "MLPLATFORM_POD_TRACKING_URI": pod_uri,
@@ -157,9 +158,15 @@ def operator_python() -> Path:
     $PYTHONPATH, as in the image."""
     local = load_config(default_state_dir())
     cache_dir = local.cache_dir if local is not None else default_cache_dir()
+    return ensure_environment(operator_image(), cache_dir) / "bin" / "python"
+
+
+@cache
+def operator_image() -> ImageEnvironment:
+    """The operator image as the local image map has it (from operator/Dockerfile)."""
     image = resolve_image(OPERATOR_IMAGE, load_image_map())
     assert image is not None, f"{OPERATOR_IMAGE} is not in the local image map"
-    return ensure_environment(image, cache_dir) / "bin" / "python"
+    return image
 
 
 OPERATORS = ("ours", "peer")
