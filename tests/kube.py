@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import psutil
 import yaml
-from kubernetes import client
+from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
 from mlplatform import names
@@ -187,3 +187,18 @@ def fresh_namespace(api_client: client.ApiClient, prefix: str = "test") -> Itera
         yield name
     finally:
         core.delete_namespace(name)
+
+
+def pod_events(core: client.CoreV1Api, namespace: str, name: str, version: str) -> Iterator[dict[str, Any]]:
+    """The watch events of the pod `name` from `version` on, for at most 90 s; stop by leaving the loop."""
+    stream = watch.Watch()
+    try:
+        yield from stream.stream(
+            core.list_namespaced_pod,
+            namespace,
+            field_selector=f"metadata.name={name}",
+            resource_version=version,
+            timeout_seconds=90,
+        )
+    finally:
+        stream.stop()

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from kubernetes import client, watch
 
-from kube import eventually, finished, pod, processes_with, python_pod
+from kube import eventually, finished, pod, pod_events, processes_with, python_pod
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("local_node")]
 Manifest = dict[str, Any]
@@ -46,19 +46,12 @@ def terminated(found: client.V1Pod, name: str) -> client.V1ContainerStateTermina
 def statuses_until_deleted(core: client.CoreV1Api, namespace: str, name: str, version: str) -> list[Manifest]:
     """Every status the pod `name` shows from `version` on, up to and including its DELETED event."""
     seen: list[Manifest] = []
-    stream = watch.Watch()
-    for event in stream.stream(
-        core.list_namespaced_pod,
-        namespace,
-        field_selector=f"metadata.name={name}",
-        resource_version=version,
-        timeout_seconds=90,
-    ):
+    for event in pod_events(core, namespace, name, version):
         found = event["object"]
         states = {s.name: s.state for s in found.status.container_statuses or []}
         seen.append({"type": event["type"], "phase": found.status.phase, "states": states})
         if event["type"] == "DELETED":
-            stream.stop()
+            break
     assert seen and seen[-1]["type"] == "DELETED", f"the pod was not deleted: {seen}"
     return seen
 

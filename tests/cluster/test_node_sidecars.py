@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes import client, watch
+from kubernetes import client
 
-from kube import container_state, eventually, is_ready, job_outcome, pod, pods_of, python_pod
+from kube import container_state, eventually, is_ready, job_outcome, pod, pod_events, pods_of, python_pod
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("local_node")]
 Manifest = dict[str, Any]
@@ -29,16 +29,8 @@ def host_folder(name: str, path: Path) -> Manifest:
 
 def first_finished_status(core: client.CoreV1Api, namespace: str, name: str, version: str) -> client.V1Pod:
     """The first status, watched from `version` on, that shows the pod Succeeded or Failed."""
-    stream = watch.Watch()
-    for event in stream.stream(
-        core.list_namespaced_pod,
-        namespace,
-        field_selector=f"metadata.name={name}",
-        resource_version=version,
-        timeout_seconds=90,
-    ):
+    for event in pod_events(core, namespace, name, version):
         if event["object"].status.phase in ("Succeeded", "Failed"):
-            stream.stop()
             return event["object"]
     raise AssertionError(f"pod {name} did not finish within 90 s")
 
