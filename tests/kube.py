@@ -189,16 +189,20 @@ def fresh_namespace(api_client: client.ApiClient, prefix: str = "test") -> Itera
         core.delete_namespace(name)
 
 
-def pod_events(core: client.CoreV1Api, namespace: str, name: str, version: str) -> Iterator[dict[str, Any]]:
-    """The watch events of the pod `name` from `version` on, for at most 90 s; stop by leaving the loop."""
+def pod_events(
+    core: client.CoreV1Api, namespace: str, name: str, version: str | None = None, timeout: int = 90
+) -> Iterator[dict[str, Any]]:
+    """The watch events of the pod `name` (from `version` on, or from its current state), for at most
+    `timeout` seconds; stop by leaving the loop."""
     stream = watch.Watch()
+    since = {"resource_version": version} if version is not None else {}
     try:
         yield from stream.stream(
             core.list_namespaced_pod,
             namespace,
             field_selector=f"metadata.name={name}",
-            resource_version=version,
-            timeout_seconds=90,
+            timeout_seconds=timeout,
+            **since,
         )
     finally:
         stream.stop()

@@ -11,7 +11,7 @@ import uuid
 from typing import Any
 
 import pytest
-from kubernetes import client, watch
+from kubernetes import client
 
 from kube import eventually, finished, pod, pod_events, processes_with, python_pod
 
@@ -444,16 +444,13 @@ def test_a_container_is_not_reported_running_until_its_post_start_hook_ended(
         namespace,
         pod_of("post-start", shell("main", script, **hooks(postStart=post_start)), restartPolicy="Always"),
     )
-    stream = watch.Watch()
     shown: list[tuple[float, str]] = []
-    for event in stream.stream(
-        core.list_namespaced_pod, namespace, field_selector="metadata.name=post-start", timeout_seconds=60
-    ):
+    for event in pod_events(core, namespace, "post-start", timeout=60):
         [status] = event["object"].status.container_statuses or [None]
         if status is not None:
             shown.append((time.time(), "running" if status.state.running else "not running"))
             if status.state.running or status.started:
-                stream.stop()
+                break
     assert shown and shown[-1][1] == "running", shown
     assert "not running" in {s for _, s in shown}, f"never shown before the hook ended: {shown}"
     log = eventually(lambda: core.read_namespaced_pod_log("post-start", namespace), what="the hook's stamp")
@@ -481,21 +478,15 @@ def test_a_failing_post_start_hook_kills_the_container_which_restarts(
             restartPolicy="Always",
         ),
     )
-    stream = watch.Watch()
     started: list[bool] = []
     restarted = None
-    for event in stream.stream(
-        core.list_namespaced_pod,
-        namespace,
-        field_selector="metadata.name=post-start-fails",
-        timeout_seconds=60,
-    ):
+    for event in pod_events(core, namespace, "post-start-fails", timeout=60):
         [status] = event["object"].status.container_statuses or [None]
         if status is not None:
             started.append(bool(status.started) or status.state.running is not None)
             if status.restart_count >= 1 and status.last_state.terminated is not None:
                 restarted = status
-                stream.stop()
+                break
     assert restarted is not None, "the container was not restarted"
     assert not any(started), "a container whose postStart hook failed was reported running or started"
     failed = events(core, namespace, "FailedPostStartHook")

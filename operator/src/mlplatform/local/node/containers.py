@@ -262,13 +262,18 @@ class PodContainers:
 
         await asyncio.gather(*(stop(name, number) for name, number in running))
 
+    def drop_sidecar_backoffs(self) -> None:
+        """The pod is ending: no sidecar is to restart, so none shows a back-off."""
+        for name in sidecar_names(self.pod.spec):
+            self.pod.waiting.pop(name, None)
+
     async def stop_sidecars(self) -> None:
         """Stop the running sidecars of a pod whose main containers ended for good (or whose init sequence
         failed), as the kubelet does: in reverse order, each with its preStop hook and SIGTERM, within the
         grace period. They do not run again."""
+        self.drop_sidecar_backoffs()
         running = []
         for name in sidecar_names(self.pod.spec):
-            self.pod.waiting.pop(name, None)  # no back-off to show: it is not to restart
             latest, _ = self.pod.attempts(name)
             if latest is not None and latest.running:
                 self.probes.stop(name)

@@ -287,8 +287,7 @@ class PodWorker:
                 return  # as the kubelet's sync, which waits for a postStart hook: nothing else starts
             await self.sync_container(container)
         if sidecar_names(self.pod.spec) and self.main_ended():
-            for name in sidecar_names(self.pod.spec):
-                self.pod.waiting.pop(name, None)  # the pod is ending: no sidecar restarts, none backs off
+            self.containers.drop_sidecar_backoffs()  # from the first status that shows the pod ending
             await self.status.report()  # the main containers' end first: the kubelet reports it, then stops
             await self.containers.stop_sidecars()
 
