@@ -30,6 +30,7 @@ from modeldeployments import (
     SCORE_ONCE,
     condition,
     empty_run_source,
+    get,
     get_version,
     loop_counts,
     modeldeployment,
@@ -404,6 +405,36 @@ def test_a_missing_model_is_reported_and_a_forged_webhook_changes_nothing(
     )
     metrics = operator.metrics()
     assert 'mlplatform_webhook_deliveries_total{result="refused"}' in metrics
+
+
+def test_a_spec_change_is_acted_on_at_once_not_at_the_next_poll(
+    operator: OperatorProcess,
+    api_client: client.ApiClient,
+    namespace: str,
+    kubectl_bin: Path,
+    kubeconfig: Path,
+) -> None:
+    """The operator tells a spec change by the generation its status last observed (kopf writes no
+    diff-base annotation on a ModelDeployment): with a 10-minute poll, only the change itself can bring the
+    new model into the status within seconds."""
+    if operator.process is None or operator.process.poll() is not None:
+        operator.start()
+    first, second = unique("missing"), unique("missing")
+    for model in (first, second):
+        manifest = modeldeployment("renamed", {"name": model, "alias": ALIAS}, pollIntervalSeconds=600)
+        apply(kubectl_bin, kubeconfig, namespace, manifest)
+        found = wait_status(
+            api_client,
+            namespace,
+            "renamed",
+            f"{model} not found",
+            lambda s, model=model: model in condition(s, "Ready").get("message", ""),
+            timeout=30,
+        )
+    assert found["observedGeneration"] == 2
+    assert condition(found, "Ready")["observedGeneration"] == 2
+    metadata = (get(api_client, namespace, "renamed") or {})["metadata"]
+    assert names.LAST_HANDLED_ANNOTATION not in (metadata.get("annotations") or {})
 
 
 def test_stage_and_version_examples_serve_and_deletion_removes_everything(
